@@ -1,0 +1,144 @@
+"""vqswitch.kernels: the nearest-codeword search behind SwitchableTokenQuantizer.
+
+Two public functions, the only way the rest of vqswitch searches codebooks:
+
+- :func:`nearest_codeword` - each token's nearest code in its image's group (groups given);
+- :func:`nearest_group` - every group searched, each image assigned the group of least total
+  error (the paper's "nearest" selection), with the per-group errors.
+
+Codebooks may be given as
+    (K, D)          one codebook shared by all tokens
+    (T, K, D)       token-specific codebooks, one group
+    (M, T', K, D)   M groups; T' = T (token-specific) or 1 (shared by all tokens)
+
+Backends: ``"torch"`` is the chunked pure-torch path (CPU and CUDA; see ``torch_search.py`` for
+the memory budget and tie rules); ``"triton"`` is reserved for the fused GPU kernels and is not
+available in this version; ``"auto"`` picks the best available (today: torch).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles, search_all_groups, search_fixed_groups
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET", "METRICS", "BACKENDS", "SearchResult", "GroupSearchResult",
+    "nearest_codeword", "nearest_group", "as_grouped_codebooks", "plan_tiles",
+]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+class SearchResult(NamedTuple):
+    """indices (B, T) int64; distances (B, T) float32 (float64 for float64 inputs)."""
+
+    indices: torch.Tensor
+    distances: torch.Tensor
+
+
+class GroupSearchResult(NamedTuple):
+    """groups (B,) int64; indices (B, T) int64; distances (B, T); group_errors (B, M)."""
+
+    groups: torch.Tensor
+    indices: torch.Tensor
+    distances: torch.Tensor
+    group_errors: torch.Tensor
+
+
+def as_grouped_codebooks(codebooks: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """View any accepted codebook form as (M, T', K, D) with T' in {1, num_tokens} (no copy).
+
+    Raises TypeError for a non-floating tensor, ValueError for a wrong rank or token count.
+    """
+    if not isinstance(codebooks, torch.Tensor):
+        raise TypeError(f"codebooks must be a torch.Tensor, got {type(codebooks).__name__}")
+    if not codebooks.is_floating_point():
+        raise TypeError(f"codebooks must be a floating-point tensor, got dtype {codebooks.dtype}")
+    if codebooks.dim() == 2:
+        cb = codebooks[None, None]
+    elif codebooks.dim() == 3:
+        cb = codebooks[None]
+    elif codebooks.dim() == 4:
+        cb = codebooks
+    else:
+        raise ValueError(f"codebooks must have shape (K, D), (T, K, D) or (M, T', K, D); got {tuple(codebooks.shape)}")
+    if cb.shape[1] not in (1, num_tokens):
+        raise ValueError(f"codebooks hold {cb.shape[1]} token codebooks but z has T={num_tokens} tokens "
+                         f"(expected {num_tokens}, or 1 for a shared codebook); codebooks shape {tuple(codebooks.shape)}")
+    if cb.shape[2] < 1:
+        raise ValueError("codebooks must hold at least one code (K >= 1)")
+    return cb
+
+
+def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget) -> torch.Tensor:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    if z.dim() != 3:
+        raise ValueError(f"z must have shape (B, T, D), got {tuple(z.shape)}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        raise NotImplementedError("backend='triton' is not available in this version of vqswitch; use 'auto' or 'torch'")
+    if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive int (bytes), got {memory_budget!r}")
+    cb = as_grouped_codebooks(codebooks, z.shape[1])
+    if cb.shape[-1] != z.shape[-1]:
+        raise ValueError(f"z has dim D={z.shape[-1]} but codebooks have dim {cb.shape[-1]}")
+    if cb.device != z.device:
+        raise ValueError(f"z is on {z.device} but codebooks are on {cb.device}")
+    return cb
+
+
+def nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None = None,
+                     metric: str = "l2", *, backend: str = "auto",
+                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SearchResult:
+    """Each token's nearest code in the codebook of (its image's group, its position).
+
+    Args:
+        z: (B, T, D) float tokens (any float dtype; searched in fp32, fp64 for fp64 inputs).
+        codebooks: (K, D) | (T, K, D) | (M, T', K, D) float, on z's device.
+        groups: (B,) integer group of each image, in [0, M); may be None only when M == 1.
+        metric: "l2" | "cosine" | "dot" (see module docs for the distance each reports).
+        backend: "auto" | "torch" | "triton".
+        memory_budget: bytes of temporary memory the search may hold at once.
+    Returns:
+        SearchResult(indices (B, T) int64, distances (B, T) float32); ties go to the lowest index.
+    Raises:
+        TypeError for non-tensor or non-float inputs; ValueError for shape mismatches, an unknown
+        metric/backend, or groups missing, of the wrong shape/dtype, or out of range.
+    """
+    cb = _check(z, codebooks, metric, backend, memory_budget)
+    M = cb.shape[0]
+    if groups is None:
+        if M != 1:
+            raise ValueError(f"groups is required when codebooks hold M={M} groups")
+    else:
+        if not isinstance(groups, torch.Tensor) or groups.dtype.is_floating_point or groups.dtype == torch.bool:
+            raise TypeError(f"groups must be an integer tensor of shape (B,), got {getattr(groups, 'dtype', type(groups))}")
+        if groups.shape != (z.shape[0],):
+            raise ValueError(f"groups must have shape (B,)=({z.shape[0]},), got {tuple(groups.shape)}")
+        groups = groups.to(device=z.device, dtype=torch.long)
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= M):
+            raise ValueError(f"groups must lie in [0, {M}), got values in [{int(groups.min())}, {int(groups.max())}]")
+    return SearchResult(*search_fixed_groups(z, cb, groups, metric, memory_budget))
+
+
+def nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str = "l2", *, backend: str = "auto",
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GroupSearchResult:
+    """Search all M groups; give each image the group of least total error, and its codes.
+
+    Args: as :func:`nearest_codeword` (no groups).
+    Returns:
+        GroupSearchResult(groups (B,) int64, indices (B, T) int64, distances (B, T) float32,
+        group_errors (B, M) float32) with group_errors[b, m] = sum over tokens of the distance to
+        the nearest code of group m, and groups[b] = the lowest m attaining the minimum.
+    Raises: as :func:`nearest_codeword`.
+    """
+    cb = _check(z, codebooks, metric, backend, memory_budget)
+    return GroupSearchResult(*search_all_groups(z, cb, metric, memory_budget))

@@ -1,0 +1,228 @@
+"""Chunked pure-torch nearest-codeword search: the specification every other backend must match.
+
+Shapes (canonical; ``kernels/__init__.py`` converts the public forms):
+    x:         (B, T, D) float     tokens to quantize
+    codebooks: (M, T', K, D) float M groups; T' = T (token-specific) or 1 (shared by all tokens)
+
+Distances (what the search minimises, and what it reports):
+    "l2":     ||x - c||^2
+    "cosine": ||x/|x| - c/|c| ||^2  (= 2 - 2 cos when neither is zero; TiTok's rule)
+    "dot":    -<x, c>               (the largest inner product wins; IBQ's rule)
+
+Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. Work is cut into
+tiles of (groups, tokens, rows, codes) whose fp32 score tile has at most ``memory_budget // 8``
+elements (half the budget in bytes, the other half covers the matmul's own temporaries and the
+gathered codes), with a running minimum and argmin carried across code tiles. Ties break toward
+the lowest code index (first minimum inside a tile, strict ``<`` across tiles) and the lowest group.
+
+Precision: the search runs in float32 (float64 when any input is float64), with autocast off,
+whatever the input dtype. Scores use ||c||^2 - 2<x, c> (||x||^2 is constant per row); the reported
+distance of the chosen code is then recomputed directly from the difference, so it is exact in
+the compute dtype and the per-group error sums are consistent with it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "TARGET_ELEMENTS", "TilePlan", "plan_tiles", "search_fixed_groups", "search_all_groups"]
+
+#: Bytes of temporary memory the search may hold at once (score tile plus its temporaries).
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
+METRICS = ("l2", "cosine", "dot")
+
+
+class TilePlan(NamedTuple):
+    """Tile extents along (groups, tokens, rows, codes); their product bounds the score tile."""
+
+    groups: int
+    tokens: int
+    rows: int
+    codes: int
+
+    @property
+    def elements(self) -> int:
+        return self.groups * self.tokens * self.rows * self.codes
+
+
+def plan_tiles(groups: int, tokens: int, rows: int, codes: int, dim: int, memory_budget: int,
+               target_elements: int | None = None) -> TilePlan:
+    """Choose tile extents along (groups, tokens, rows, codes).
+
+    The working set of one step, score tile (g*t*r*k) plus code tile (g*t*k*D) plus token and
+    gathered-code tiles (g*t*r*D), is kept within ``target_elements`` (a cache-sized default on
+    CPU, larger on GPU) and never above ``memory_budget // 8`` fp32 elements (half the budget; the
+    rest covers the matmul's temporaries). Prefers whole codebooks, then rows, tokens and groups.
+    Every extent is at least 1, so a tiny budget still makes progress.
+    """
+    cap = max(1, int(memory_budget) // 8)
+    elems = min(cap, target_elements) if target_elements else cap
+    r0 = max(1, min(rows, 64))
+    k = min(codes, max(1, elems // (r0 + dim)))
+    r = min(rows, max(1, (elems - k * dim) // k) if elems > k * dim else 1)
+    per_token = k * r + k * dim + r * dim
+    t = min(tokens, max(1, elems // per_token))
+    g = min(groups, max(1, elems // (t * per_token)))
+    return TilePlan(g, t, r, k)
+
+
+#: Working-set target per step in fp32 elements: cache-sized on CPU, large on GPU.
+TARGET_ELEMENTS = {"cpu": 2**19, "cuda": 2**25}
+
+
+def _ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
+    return F.normalize(x, dim=-1) if metric == "cosine" else x
+
+
+def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, metric: str, plan: TilePlan) -> torch.Tensor:
+    """Nearest code per (group, token, row).
+
+    xt: (1, t, R, D) prepared tokens (normalised for "cosine"), compute dtype
+    cb: (g, t, K, D) codebooks (raw), any float dtype
+    returns (g, t, R) int64
+    """
+    g, t, K, _ = cb.shape
+    R = xt.shape[2]
+    out = torch.empty(g, t, R, dtype=torch.long, device=xt.device)
+    for r0, r1 in _ranges(R, plan.rows):
+        xr = xt[:, :, r0:r1]
+        best_val = best_idx = None
+        for k0, k1 in _ranges(K, plan.codes):
+            c = _prepare(cb[:, :, k0:k1].to(xt.dtype), metric)  # (g, t, k, D)
+            if metric == "dot":
+                score = torch.matmul(xr, c.transpose(-1, -2)).neg_()
+            elif g == 1:  # ||c||^2 - 2 <x, c> in one fused call; ||x||^2 is constant per row
+                cn = torch.linalg.vector_norm(c[0], dim=-1).square_().unsqueeze(-2)
+                score = torch.baddbmm(cn, xr[0], c[0].transpose(-1, -2), alpha=-2).unsqueeze(0)
+            else:
+                cn = torch.linalg.vector_norm(c, dim=-1).square_().unsqueeze(-2)
+                score = torch.matmul(xr, c.transpose(-1, -2)).mul_(-2).add_(cn)
+            idx = score.argmin(-1, keepdim=True)  # first minimum: lowest index wins ties
+            val = score.gather(-1, idx).squeeze(-1)
+            idx = idx.squeeze(-1).add_(k0)
+            del score
+            if best_val is None:
+                best_val, best_idx = val, idx
+            else:
+                better = val < best_val  # strict: the earlier tile (lower index) keeps ties
+                best_val = torch.where(better, val, best_val)
+                best_idx = torch.where(better, idx, best_idx)
+        out[:, :, r0:r1] = best_idx
+    return out
+
+
+def _distance(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
+    """Exact distance between prepared tokens x (..., D) and raw codes c (..., D) -> (...)."""
+    if metric == "dot":
+        return -(x * c).sum(-1)
+    return (x - _prepare(c, metric)).square().sum(-1)
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _token_layout(x: torch.Tensor, shared: bool) -> torch.Tensor:
+    """(B, T, D) -> (1, T', R, D): tokens-major for token-specific books, one flat row set if shared."""
+    B, T, D = x.shape
+    return x.reshape(1, 1, B * T, D) if shared else x.transpose(0, 1).unsqueeze(0)
+
+
+def _from_token_layout(v: torch.Tensor, B: int, T: int, shared: bool) -> torch.Tensor:
+    """(g, T', R) -> (g, B, T)."""
+    return v.reshape(v.shape[0], B, T) if shared else v.transpose(1, 2)
+
+
+def _search_group_block(x: torch.Tensor, cb: torch.Tensor, metric: str, budget: int):
+    """All images x (B, T, D) against groups cb (G, T', K, D): (indices (G, B, T), distances (G, B, T))."""
+    B, T, D = x.shape
+    G, Tp, K, _ = cb.shape
+    shared = Tp == 1
+    xt = _token_layout(_prepare(x, metric), shared)  # (1, T', R, D)
+    R = xt.shape[2]
+    plan = plan_tiles(G, Tp, R, K, D, budget, TARGET_ELEMENTS.get(x.device.type, TARGET_ELEMENTS["cuda"]))
+    idx = torch.empty(G, Tp, R, dtype=torch.long, device=x.device)
+    dist = torch.empty(G, Tp, R, dtype=x.dtype, device=x.device)
+    for g0, g1 in _ranges(G, plan.groups):
+        for t0, t1 in _ranges(Tp, plan.tokens):
+            sub = cb[g0:g1, t0:t1]
+            i = _argmin_codes(xt[:, t0:t1], sub, metric, plan)  # (g, t, R)
+            idx[g0:g1, t0:t1] = i
+            for r0, r1 in _ranges(R, plan.rows):
+                ii = i[:, :, r0:r1]
+                codes = torch.gather(sub, 2, ii.unsqueeze(-1).expand(*ii.shape, D)).to(x.dtype)
+                dist[g0:g1, t0:t1, r0:r1] = _distance(xt[:, t0:t1, r0:r1], codes, metric)
+    return _from_token_layout(idx, B, T, shared), _from_token_layout(dist, B, T, shared)
+
+
+def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, metric: str,
+                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code of each token in the codebook of its image's group.
+
+    x: (B, T, D) float; codebooks: (M, T', K, D) float; groups: (B,) int64 in [0, M) or None (M == 1).
+    Returns (indices (B, T) int64, distances (B, T) float32 or float64). Inputs are trusted
+    (validated by the public wrappers).
+    """
+    B, T, D = x.shape
+    M = codebooks.shape[0]
+    dtype = _compute_dtype(x, codebooks)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dtype)
+        if M == 1 or groups is None:
+            i, d = _search_group_block(x, codebooks[:1], metric, memory_budget)
+            return i[0], d[0]
+        indices = torch.empty(B, T, dtype=torch.long, device=x.device)
+        dists = torch.empty(B, T, dtype=dtype, device=x.device)
+        order = torch.argsort(groups, stable=True)
+        counts = torch.bincount(groups, minlength=M).tolist()
+        start = 0
+        for g, n in enumerate(counts):  # one bucket per group present in the batch
+            if n:
+                sel = order[start:start + n]
+                i, d = _search_group_block(x[sel], codebooks[g:g + 1], metric, memory_budget)
+                indices[sel], dists[sel] = i[0], d[0]
+                start += n
+        return indices, dists
+
+
+def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """Search every group and pick, per image, the group of least total error ("nearest" selection).
+
+    x: (B, T, D) float; codebooks: (M, T', K, D) float.
+    Returns (groups (B,) int64, indices (B, T) int64, distances (B, T), group_errors (B, M)), where
+    group_errors[b, m] = sum_t distance of token t's nearest code in group m, and groups[b] is the
+    first m of least error (ties toward the lowest group).
+    """
+    B, T, D = x.shape
+    M, Tp, K, _ = codebooks.shape
+    dtype = _compute_dtype(x, codebooks)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dtype)
+        errors = torch.empty(B, M, dtype=dtype, device=x.device)
+        best_err = torch.full((B,), math.inf, dtype=dtype, device=x.device)
+        best_g = torch.zeros(B, dtype=torch.long, device=x.device)
+        best_i = torch.zeros(B, T, dtype=torch.long, device=x.device)
+        best_d = torch.zeros(B, T, dtype=dtype, device=x.device)
+        # bound the (g, B, T) index/distance blocks held per step to the budget as well
+        step = max(1, min(M, plan_tiles(M, Tp, B * T // Tp, K, D, memory_budget).groups,
+                          (memory_budget // 16) // max(1, B * T)))
+        for g0, g1 in _ranges(M, step):
+            i, d = _search_group_block(x, codebooks[g0:g1], metric, memory_budget)  # (g, B, T)
+            e = d.sum(-1)  # (g, B)
+            errors[:, g0:g1] = e.T
+            for j in range(g1 - g0):  # strict < keeps the lowest group on ties
+                better = e[j] < best_err
+                best_err = torch.where(better, e[j], best_err)
+                best_g = torch.where(better, torch.full_like(best_g, g0 + j), best_g)
+                best_i = torch.where(better[:, None], i[j], best_i)
+                best_d = torch.where(better[:, None], d[j], best_d)
+        return best_g, best_i, best_d, errors

@@ -1,0 +1,33 @@
+"""vqswitch: Switchable Token-Specific Codebook Quantization (STSCQ) for VQ image tokenizers.
+
+`adapters/` and `kernels/` live at the top of the repository but install as
+`vqswitch.adapters` and `vqswitch.kernels` (never as top-level packages, which would
+clash with other distributions).
+"""
+from setuptools import setup
+
+_extras = {
+    "diffusers": ["diffusers>=0.30"],
+    "transformers": ["transformers>=4.40"],
+    "triton": ["triton>=3.0"],
+}
+_extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build"})
+
+setup(
+    name="vqswitch",
+    version="0.1.0",
+    description="Switchable token-specific codebook quantization (STSCQ) as a drop-in quantizer for VQ image tokenizers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["vqswitch", "vqswitch.adapters", "vqswitch.kernels"],
+    package_dir={
+        "vqswitch": "vqswitch",
+        "vqswitch.adapters": "adapters",
+        "vqswitch.kernels": "kernels",
+    },
+    install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23"],
+    extras_require=_extras,
+    entry_points={"console_scripts": ["vqswitch = vqswitch.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,53 @@
+"""The bit accounting of STSCQ: the one place the bits formula lives.
+
+An image quantized with M codebook groups of K codes over T tokens costs
+
+    bits_per_image = T * ceil(log2 K) + ceil(log2 M)
+
+fixed-length bits (the group index once per image, then one index per token), and
+``bpp = bits_per_image / (H * W)`` for an H x W image.
+"""
+from __future__ import annotations
+
+__all__ = ["index_bits", "bits_per_image", "bpp"]
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def index_bits(n: int) -> int:
+    """Bits of a fixed-length index into ``n`` choices: ``ceil(log2 n)`` (0 for ``n == 1``).
+
+    Exact for every size (integer arithmetic, no floating-point log).
+    Raises ``TypeError``/``ValueError`` unless ``n`` is an int >= 1.
+    """
+    return (_check_positive_int("n", n) - 1).bit_length()
+
+
+def bits_per_image(num_tokens: int, codebook_size: int, num_groups: int = 1) -> int:
+    """``T * ceil(log2 K) + ceil(log2 M)``: fixed-length bits of one image's codes.
+
+    Args:
+        num_tokens: T, tokens per image (int >= 1).
+        codebook_size: K, codes per (group, token) codebook (int >= 1).
+        num_groups: M, codebook groups (int >= 1); the group index is sent once per image.
+    Raises ``TypeError``/``ValueError`` naming the argument for non-int or < 1 values.
+    """
+    t = _check_positive_int("num_tokens", num_tokens)
+    _check_positive_int("codebook_size", codebook_size)
+    _check_positive_int("num_groups", num_groups)
+    return t * index_bits(codebook_size) + index_bits(num_groups)
+
+
+def bpp(bits: int, height: int, width: int) -> float:
+    """Bits per pixel of ``bits`` bits spent on a ``height x width`` image (a float)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
+        raise ValueError(f"bits must be a non-negative int, got {bits!r}")
+    _check_positive_int("height", height)
+    _check_positive_int("width", width)
+    return bits / (height * width)

@@ -1,0 +1,174 @@
+"""Codebook initialisation and usage statistics (tensors in, tensors out; no nn.Modules).
+
+- :func:`kmeans` - batched Lloyd k-means over P independent problems (assignment by the
+  kernels' search, so it never holds an N x K distance matrix).
+- :func:`reduce_codebook` - the M group codebooks of K codes from one pretrained (K0, D) codebook.
+- :func:`codebooks_from_latents` - per-group, per-token k-means of encoder outputs.
+- :class:`Utilization` - the paper's Table 4 statistics from usage counts.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vqswitch.kernels import nearest_codeword
+
+__all__ = ["kmeans", "reduce_codebook", "codebooks_from_latents", "Utilization", "utilization"]
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str = "l2", seed: int = 0) -> torch.Tensor:
+    """Batched k-means: P independent problems of N points each.
+
+    Args:
+        x: (P, N, D) float points (N >= 1).
+        num_clusters: K >= 1 centroids per problem.
+        iters: Lloyd iterations (>= 0; 0 returns the initial sample).
+        metric: "l2" or "dot" cluster in Euclidean space; "cosine" runs spherical k-means
+            (points and centroids on the unit sphere).
+        seed: the random start; different seeds give different centroids.
+    Returns:
+        (P, K, D) float32 centroids. The start is K distinct points per problem (sampled with
+        replacement plus small noise when N < K); an empty cluster is re-seeded with a random point.
+    """
+    if x.dim() != 3 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (P, N, D) with N >= 1, got {tuple(x.shape)}")
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    P, N, D = x.shape
+    K = int(num_clusters)
+    gen = _generator(seed, x.device)
+    x = x.float()
+    if metric == "cosine":
+        x = F.normalize(x, dim=-1)
+    if N >= K:
+        start = torch.argsort(torch.rand(P, N, generator=gen, device=x.device), dim=1)[:, :K]
+        c = torch.gather(x, 1, start.unsqueeze(-1).expand(P, K, D)).clone()
+    else:
+        pick = torch.randint(0, N, (P, K), generator=gen, device=x.device)
+        c = torch.gather(x, 1, pick.unsqueeze(-1).expand(P, K, D)).clone()
+        scale = x.std(dim=1, keepdim=True).nan_to_num(1.0).clamp_min(1e-3)
+        c[:, N:] += 0.01 * scale * torch.randn(P, K - N, D, generator=gen, device=x.device)
+    rows = torch.arange(P, device=x.device).unsqueeze(1) * K
+    for _ in range(iters):
+        assign = nearest_codeword(x.transpose(0, 1), c, metric="l2").indices.T  # (P, N)
+        flat = (assign + rows).reshape(-1)
+        sums = torch.zeros(P * K, D, device=x.device).index_add_(0, flat, x.reshape(-1, D))
+        counts = torch.bincount(flat, minlength=P * K).to(x.dtype).unsqueeze(-1)
+        new = (sums / counts.clamp_min(1)).view(P, K, D)
+        empty = (counts.view(P, K) == 0)
+        if empty.any():
+            refill = torch.randint(0, N, (P, K), generator=gen, device=x.device)
+            new = torch.where(empty.unsqueeze(-1), torch.gather(x, 1, refill.unsqueeze(-1).expand(P, K, D)), new)
+        c = F.normalize(new, dim=-1) if metric == "cosine" else new
+    return c
+
+
+def reduce_codebook(weight: torch.Tensor, codebook_size: int, num_groups: int = 1, *, metric: str = "l2",
+                    iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """M group codebooks of K codes from one pretrained codebook.
+
+    Args:
+        weight: (K0, D) float pretrained codebook.
+        codebook_size: K <= K0.
+        num_groups: M.
+    Returns:
+        (M, K, D) float32. K == K0: group 0 is an exact copy; groups 1.. are copies with small
+        noise (1% of the codebook's per-dimension std) so that they can drift apart in training.
+        K < K0: each group is a k-means reduction of the K0 codes to K centroids, each group from a
+        different random start (seed + g), so groups start different. Data-driven starts
+        (:func:`codebooks_from_latents`) usually separate groups far better.
+    Raises ValueError for K > K0 or a non-(K0, D) weight.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape (K0, D), got {tuple(weight.shape)}")
+    K0, D = weight.shape
+    if codebook_size > K0:
+        raise ValueError(f"codebook_size K={codebook_size} exceeds the pretrained codebook's K0={K0}; "
+                         "choose K <= K0 or initialise from latents")
+    w = weight.detach().float()
+    if codebook_size == K0:
+        gen = _generator(seed, w.device)
+        out = w.unsqueeze(0).repeat(num_groups, 1, 1)
+        if num_groups > 1:
+            scale = 0.01 * w.std(dim=0).nan_to_num(0.0)
+            out[1:] += scale * torch.randn(num_groups - 1, K0, D, generator=gen, device=w.device)
+        return out
+    return torch.cat([kmeans(w.unsqueeze(0), codebook_size, iters=iters, metric=metric, seed=seed + g)
+                      for g in range(num_groups)])
+
+
+def codebooks_from_latents(z: torch.Tensor, codebook_size: int, num_groups: int = 1, token_specific: bool = True,
+                           *, metric: str = "l2", iters: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-driven codebooks: split images into M groups, then k-means per (group, token).
+
+    Args:
+        z: (N, T, D) float encoder outputs of N images.
+        codebook_size: K; num_groups: M; token_specific: one codebook per token (else per group).
+    Returns:
+        (codebooks (M, T', K, D) float32 with T' = T or 1, image_groups (N,) int64). With M > 1 the
+        images are first clustered into M groups by k-means of their whole (T*D) latent, so each
+        group specialises in a kind of image; a group left empty is built from all images.
+    """
+    if z.dim() != 3 or z.shape[0] < 1:
+        raise ValueError(f"z must have shape (N, T, D) with N >= 1, got {tuple(z.shape)}")
+    N, T, D = z.shape
+    z = z.detach().float()
+    if metric == "cosine":
+        z = F.normalize(z, dim=-1)
+    if num_groups > 1:
+        flat = z.reshape(1, N, T * D)
+        centres = kmeans(flat, num_groups, iters=iters, metric="l2", seed=seed)
+        image_groups = nearest_codeword(flat.transpose(0, 1), centres, metric="l2").indices[:, 0]
+    else:
+        image_groups = torch.zeros(N, dtype=torch.long, device=z.device)
+    books = []
+    for g in range(num_groups):
+        zg = z[image_groups == g]
+        if zg.shape[0] == 0:
+            zg = z
+        x = zg.transpose(0, 1) if token_specific else zg.reshape(1, -1, D)
+        books.append(kmeans(x, codebook_size, iters=iters, metric=metric, seed=seed + 1 + g))
+    return torch.stack(books), image_groups
+
+
+@dataclass
+class Utilization:
+    """Codebook use (the paper's Table 4): over (group, token) codebooks that saw any data, the
+    fraction of their K codes used at least once. ``per_codebook`` is (M, T') float (NaN where a
+    codebook saw no data); ``group_counts`` is (M,) int64 images per group."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+    per_codebook: torch.Tensor
+    group_counts: torch.Tensor
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["per_codebook"] = self.per_codebook.tolist()
+        d["group_counts"] = self.group_counts.tolist()
+        return d
+
+
+def utilization(usage: torch.Tensor, group_counts: torch.Tensor) -> Utilization:
+    """usage: (M, T', K) int64 code counts; group_counts: (M,) int64 -> :class:`Utilization`."""
+    seen = usage.sum(-1) > 0
+    rate = (usage > 0).float().mean(-1)
+    vals = rate[seen]
+    nan = float("nan")
+    if vals.numel() == 0:
+        stats = (nan, nan, nan, nan)
+    else:
+        stats = (vals.min().item(), vals.max().item(), vals.mean().item(),
+                 vals.std(unbiased=False).item())
+    return Utilization(*stats, per_codebook=torch.where(seen, rate, torch.full_like(rate, nan)).cpu(),
+                       group_counts=group_counts.detach().cpu().clone())

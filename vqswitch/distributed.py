@@ -1,0 +1,44 @@
+"""The collectives STSCQ needs under DDP; each is the identity when torch.distributed is not initialised."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["world_size", "global_mean", "gather_variable"]
+
+
+def world_size() -> int:
+    """Number of ranks (1 when torch.distributed is unavailable or not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_mean(x: torch.Tensor, sync: bool = True) -> torch.Tensor:
+    """Mean over dim 0 of x (N, ...) float, over every rank when DDP is initialised.
+
+    Differentiable: the sum is all-reduced with ``torch.distributed.nn`` so each rank's gradient is
+    that of the global mean (DDP then averages parameter gradients as usual). Ranks may hold
+    different N; an empty local batch contributes nothing.
+    """
+    if not sync or world_size() == 1:
+        return x.mean(dim=0)
+    from torch.distributed.nn.functional import all_reduce
+
+    total = all_reduce(x.sum(dim=0))
+    count = torch.tensor([float(x.shape[0])], device=x.device)
+    dist.all_reduce(count)
+    return total / count.clamp_min(1)
+
+
+def gather_variable(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate the 1-D int64 tensors of all ranks (sizes may differ); no gradient."""
+    if world_size() == 1:
+        return x
+    n = torch.tensor([x.numel()], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.full((longest,), -1, dtype=x.dtype, device=x.device)
+    padded[: x.numel()] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])

@@ -1,0 +1,498 @@
+"""SwitchableTokenQuantizer: Switchable Token-Specific Codebook Quantization (STSCQ).
+
+Tokens z (B, T, D) are quantized with M codebook groups; group m holds one codebook of K codes per
+token position (token-specific) or one codebook for all tokens (token-shared). Each image uses one
+group: picked by the router during training ("router", the default when M > 1) and, at inference,
+the group of least total quantization error ("nearest", the paper's rule) or the router's argmax.
+An image then costs T*ceil(log2 K) + ceil(log2 M) bits (:mod:`vqswitch.bits`).
+
+Gradients of :meth:`SwitchableTokenQuantizer.forward` (exactly these, nothing else):
+    quantized          -> z only, as the identity (straight-through); no gradient to codebooks.
+    codebook_loss      -> codebooks only (the selected rows): mean ||sg(z) - q||^2.
+    commitment_loss    -> z only: mean ||z - sg(q)||^2, weighted by ``commitment_weight`` in loss.
+    router losses      -> router parameters only (features and errors are detached).
+    indices, groups, group_errors, distances -> no gradient.
+For "cosine", both losses compare l2-normalised z and codes, and ``quantized`` holds the
+normalised code. Means are over all B*T*D elements.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+
+from vqswitch import bits as _bits
+from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, nearest_codeword, nearest_group
+
+from .atomic import atomic_directory
+from .codebooks import Utilization, codebooks_from_latents, reduce_codebook, utilization
+from .codes import Codes
+from .distributed import gather_variable
+from .router import Router, router_losses
+
+__all__ = ["SwitchableTokenQuantizer", "QuantizerOutput", "SELECTIONS"]
+
+SELECTIONS = ("router", "nearest")
+
+
+@dataclass
+class QuantizerOutput:
+    """What :meth:`SwitchableTokenQuantizer.forward` returns.
+
+    quantized: (B, T, D) z's dtype; each row is exactly a code of the selected (group, token)
+        codebook (normalised for "cosine"); gradient to z is the identity.
+    indices: (B, T) int64 code index per token, in [0, K).
+    groups: (B,) int64 group per image, in [0, M).
+    distances: (B, T) float32 distance of each token to its code (see kernels for the metric).
+    loss: scalar = codebook_loss + commitment_weight * commitment_loss + weighted router losses.
+    commitment_loss, codebook_loss: scalars.
+    router_balance_loss, router_decision_loss, router_quality_loss: scalars (0 without a router).
+    router_probs: (B, M) float32, or None without a router (M == 1).
+    group_errors: (B, M) float32 per-group total error, or None when not computed.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    groups: torch.Tensor
+    distances: torch.Tensor
+    loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    router_balance_loss: torch.Tensor
+    router_decision_loss: torch.Tensor
+    router_quality_loss: torch.Tensor
+    router_probs: torch.Tensor | None = None
+    group_errors: torch.Tensor | None = None
+
+    def codes(self, codebook_size: int, num_groups: int) -> Codes:
+        """The discrete result as :class:`~vqswitch.codes.Codes`."""
+        return Codes(self.groups, self.indices, codebook_size=codebook_size, num_groups=num_groups)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the code q, exactly (cast to z's dtype). Backward: the identity to z, nothing to q."""
+
+    @staticmethod
+    def forward(ctx, z, q):
+        return q.detach().to(dtype=z.dtype, copy=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+class SwitchableTokenQuantizer(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="vqswitch",
+    tags=["vqswitch", "vector-quantization", "image-tokenizer", "stscq"],
+    paper_url="https://arxiv.org/abs/2510.22943",
+):
+    """STSCQ quantizer: M groups x (T or 1) codebooks x K codes x D dims.
+
+    Args:
+        num_tokens: T, tokens per image.
+        codebook_size: K, codes per codebook.
+        dim: D, token dimension.
+        num_groups: M codebook groups (1 = no switching, no router).
+        token_specific: one codebook per token position (True) or one per group (False).
+        metric: "l2", "cosine" (l2 on l2-normalised vectors, as TiTok) or "dot" (largest inner
+            product, as IBQ).
+        commitment_weight: beta, the weight of the commitment loss.
+        train_selection: group choice in training, "router" (default when M > 1) or "nearest".
+        inference_selection: group choice in eval mode and in :meth:`encode`, "nearest" (least
+            total error, default) or "router".
+        router_hidden_dim, router_temperature: see :class:`~vqswitch.router.Router`.
+        balance_weight, decision_weight, quality_weight: weights of the router losses L_ent,
+            L_dec, L_qua in ``loss`` (defaults are vqswitch's; the paper does not publish them).
+        track_usage: count code and group use in training (buffers ``usage``, ``group_counts``).
+        check_finite: reject NaN/Inf inputs (costs one device sync per call).
+        backend: search backend, "auto" | "torch" | "triton" (see :mod:`vqswitch.kernels`).
+        memory_budget: bytes of temporary memory the search may hold at once.
+    Raises:
+        TypeError / ValueError naming the argument for a wrong type, value or choice.
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        codebook_size: int,
+        dim: int,
+        num_groups: int = 1,
+        token_specific: bool = True,
+        metric: str = "l2",
+        commitment_weight: float = 0.25,
+        train_selection: str | None = None,
+        inference_selection: str = "nearest",
+        router_hidden_dim: int = 256,
+        router_temperature: float = 1.0,
+        balance_weight: float = 0.1,
+        decision_weight: float = 0.01,
+        quality_weight: float = 1.0,
+        track_usage: bool = True,
+        check_finite: bool = True,
+        backend: str = "auto",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ):
+        super().__init__()
+        self.num_tokens = _check_int("num_tokens", num_tokens)
+        self.codebook_size = _check_int("codebook_size", codebook_size)
+        self.dim = _check_int("dim", dim)
+        self.num_groups = _check_int("num_groups", num_groups)
+        if not isinstance(token_specific, bool):
+            raise TypeError(f"token_specific must be a bool, got {type(token_specific).__name__}")
+        self.token_specific = token_specific
+        self.metric = _check_choice("metric", metric, METRICS)
+        if train_selection is None:
+            train_selection = "router" if num_groups > 1 else "nearest"
+        self.train_selection = _check_choice("train_selection", train_selection, SELECTIONS)
+        self.inference_selection = _check_choice("inference_selection", inference_selection, SELECTIONS)
+        if num_groups == 1 and "router" in (self.train_selection, self.inference_selection):
+            raise ValueError("selection 'router' needs num_groups > 1 (with one group there is no router)")
+        for name, w in (("commitment_weight", commitment_weight), ("balance_weight", balance_weight),
+                        ("decision_weight", decision_weight), ("quality_weight", quality_weight)):
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        self.commitment_weight = float(commitment_weight)
+        self.balance_weight, self.decision_weight = float(balance_weight), float(decision_weight)
+        self.quality_weight = float(quality_weight)
+        self.router_hidden_dim, self.router_temperature = router_hidden_dim, float(router_temperature)
+        self.track_usage, self.check_finite = bool(track_usage), bool(check_finite)
+        self.backend = _check_choice("backend", backend, ("auto", "torch", "triton"))
+        self.memory_budget = _check_int("memory_budget", memory_budget)
+
+        tokens = num_tokens if token_specific else 1
+        self.codebooks = nn.Parameter(torch.randn(num_groups, tokens, codebook_size, dim))
+        self.router = Router(num_tokens, dim, num_groups, router_hidden_dim, router_temperature) if num_groups > 1 else None
+        self.register_buffer("usage", torch.zeros(num_groups, tokens, codebook_size, dtype=torch.long))
+        self.register_buffer("group_counts", torch.zeros(num_groups, dtype=torch.long))
+
+    # ------------------------------------------------------------------ config, bits
+    def get_config(self) -> dict:
+        """The constructor arguments that rebuild this quantizer (what ``config.json`` holds)."""
+        keys = ("num_tokens", "codebook_size", "dim", "num_groups", "token_specific", "metric", "commitment_weight",
+                "train_selection", "inference_selection", "router_hidden_dim", "router_temperature",
+                "balance_weight", "decision_weight", "quality_weight", "track_usage", "check_finite",
+                "backend", "memory_budget")
+        return {k: getattr(self, k) for k in keys}
+
+    @property
+    def bits_per_image(self) -> int:
+        """T*ceil(log2 K) + ceil(log2 M): fixed-length bits of one image's codes."""
+        return _bits.bits_per_image(self.num_tokens, self.codebook_size, self.num_groups)
+
+    def bpp(self, height: int, width: int) -> float:
+        """Bits per pixel of an ``height x width`` image: bits_per_image / (height * width)."""
+        return _bits.bpp(self.bits_per_image, height, width)
+
+    def extra_repr(self) -> str:
+        kind = "token-specific" if self.token_specific else "token-shared"
+        return (f"T={self.num_tokens}, K={self.codebook_size}, D={self.dim}, M={self.num_groups}, {kind}, "
+                f"metric={self.metric}, bits_per_image={self.bits_per_image}")
+
+    # ------------------------------------------------------------------ validation
+    def _check_z(self, z) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor of shape (B, T, D), got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+        if z.dim() != 3:
+            raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
+        if z.shape[1] != self.num_tokens or z.shape[2] != self.dim:
+            raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
+        if self.check_finite and z.numel() and not bool(torch.isfinite(z).all()):
+            raise ValueError("z contains NaN or Inf values")
+        return z
+
+    # ------------------------------------------------------------------ core
+    def _lookup(self, groups: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """codes (B, T, D) of the codebooks' dtype for groups (B,) and indices (B, T); differentiable."""
+        T = indices.shape[1]
+        tok = torch.arange(T, device=indices.device) if self.token_specific else torch.zeros(T, dtype=torch.long, device=indices.device)
+        return self.codebooks[groups[:, None], tok[None, :], indices]
+
+    def _select(self, z: torch.Tensor, selection: str, probs: torch.Tensor | None, need_errors: bool):
+        """Search: (groups, indices, distances, group_errors or None); no gradient."""
+        cb, kw = self.codebooks.detach(), dict(metric=self.metric, backend=self.backend, memory_budget=self.memory_budget)
+        if selection == "nearest":
+            r = nearest_group(z, cb, **kw)
+            return r.groups, r.indices, r.distances.float(), r.group_errors.float()
+        groups = probs.argmax(dim=-1)
+        r = nearest_codeword(z, cb, groups, **kw)
+        errors = nearest_group(z, cb, **kw).group_errors.float() if need_errors else None
+        return groups, r.indices, r.distances.float(), errors
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantize z: (B, T, D) float -> :class:`QuantizerOutput` (see the module docstring for gradients).
+
+        Group selection follows ``train_selection`` in training mode and ``inference_selection`` in
+        eval mode. In training, code and group counts are accumulated (summed over DDP ranks).
+        Raises TypeError/ValueError for a non-tensor, non-float, wrong-shape, or non-finite z.
+        """
+        z = self._check_z(z)
+        B = z.shape[0]
+        selection = self.train_selection if self.training else self.inference_selection
+        probs = self.router(z.detach()) if self.router is not None and B else None
+        need_errors = self.training and self.router is not None and self.quality_weight > 0
+        with torch.no_grad():
+            if B:
+                groups, indices, distances, errors = self._select(z.detach(), selection, probs, need_errors)
+            else:
+                groups = torch.zeros(0, dtype=torch.long, device=z.device)
+                indices = torch.zeros(0, self.num_tokens, dtype=torch.long, device=z.device)
+                distances = torch.zeros(0, self.num_tokens, device=z.device)
+                errors = None
+        q = self._lookup(groups, indices)
+        zq = F.normalize(z, dim=-1) if self.metric == "cosine" else z
+        q = F.normalize(q, dim=-1) if self.metric == "cosine" else q
+        zero = z.sum() * 0.0  # keeps empty batches differentiable
+        if B:
+            codebook_loss = F.mse_loss(q.float(), zq.detach().float())
+            commitment_loss = F.mse_loss(zq.float(), q.detach().float())
+        else:
+            codebook_loss = commitment_loss = zero + self.codebooks.sum() * 0.0
+        if probs is not None:
+            rl = router_losses(probs, errors)
+        else:
+            rl = {"balance": zero.float(), "decision": zero.float(), "quality": zero.float()}
+        loss = (codebook_loss + self.commitment_weight * commitment_loss + self.balance_weight * rl["balance"]
+                + self.decision_weight * rl["decision"] + self.quality_weight * rl["quality"])
+        if self.training and self.track_usage:
+            self._count(groups, indices)
+        return QuantizerOutput(
+            quantized=_StraightThrough.apply(z, q), indices=indices, groups=groups, distances=distances,
+            loss=loss, commitment_loss=commitment_loss, codebook_loss=codebook_loss,
+            router_balance_loss=rl["balance"], router_decision_loss=rl["decision"], router_quality_loss=rl["quality"],
+            router_probs=probs, group_errors=errors,
+        )
+
+    @torch.no_grad()
+    def _count(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
+        T, Tp, K = self.num_tokens, self.usage.shape[1], self.codebook_size
+        tok = torch.arange(T, device=indices.device) if self.token_specific else torch.zeros(T, dtype=torch.long, device=indices.device)
+        flat = ((groups[:, None] * Tp + tok[None, :]) * K + indices).reshape(-1)
+        flat = gather_variable(flat)
+        self.usage.view(-1).index_add_(0, flat, torch.ones_like(flat))
+        all_groups = gather_variable(groups)
+        self.group_counts.index_add_(0, all_groups, torch.ones_like(all_groups))
+
+    # ------------------------------------------------------------------ codes
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> Codes:
+        """z: (B, T, D) float -> :class:`Codes` using ``inference_selection``; no gradient, no usage counting."""
+        z = self._check_z(z)
+        if z.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=z.device)
+            return Codes(empty, empty.view(0, 1).expand(0, self.num_tokens), self.codebook_size, self.num_groups)
+        probs = self.router(z) if self.inference_selection == "router" else None
+        groups, indices, _, _ = self._select(z, self.inference_selection, probs, need_errors=False)
+        return Codes(groups, indices, codebook_size=self.codebook_size, num_groups=self.num_groups)
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        """:class:`Codes` -> quantized tokens (B, T, D) in the codebooks' dtype (normalised for "cosine").
+
+        Equal in value to ``forward(z).quantized`` for ``codes = encode(z)`` in eval mode.
+        Raises TypeError for a non-Codes argument, ValueError when its T, K or M differ from this
+        quantizer's (index ranges are checked by Codes itself).
+        """
+        if not isinstance(codes, Codes):
+            raise TypeError(f"codes must be a vqswitch.Codes, got {type(codes).__name__}")
+        want = (self.num_tokens, self.codebook_size, self.num_groups)
+        got = (codes.num_tokens, codes.codebook_size, codes.num_groups)
+        if got != want:
+            raise ValueError(f"codes were made for (T, K, M)={got} but this quantizer has (T, K, M)={want}")
+        dev = self.codebooks.device
+        q = self._lookup(codes.groups.to(dev), codes.indices.to(dev))
+        return F.normalize(q, dim=-1) if self.metric == "cosine" else q
+
+    # ------------------------------------------------------------------ initialisation
+    @classmethod
+    def from_codebook(cls, weight: torch.Tensor, num_tokens: int, codebook_size: int | None = None,
+                      num_groups: int = 1, *, seed: int = 0, **kwargs) -> "SwitchableTokenQuantizer":
+        """Build a quantizer from a pretrained global codebook.
+
+        Args:
+            weight: (K0, D) float pretrained codebook.
+            num_tokens: T. codebook_size: K <= K0 (default K0). num_groups: M.
+            seed: seeds the reduction; kwargs: any other constructor argument (token_specific, metric...).
+        K == K0 copies the codebook (groups > 0 get 1% noise); K < K0 k-means-reduces it per group from
+        different starts (see :func:`~vqswitch.codebooks.reduce_codebook`). Every token's codebook
+        starts equal to its group's.
+        Raises TypeError/ValueError for a non-(K0, D) float weight or K > K0.
+        """
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dim() != 2:
+            raise TypeError(f"weight must be a (K0, D) float tensor, got {getattr(weight, 'shape', type(weight))}")
+        K = weight.shape[0] if codebook_size is None else codebook_size
+        q = cls(num_tokens=num_tokens, codebook_size=K, dim=weight.shape[1], num_groups=num_groups, **kwargs)
+        books = reduce_codebook(weight, K, num_groups, metric=q.metric, seed=seed)  # (M, K, D)
+        with torch.no_grad():
+            q.codebooks.copy_(books.unsqueeze(1).expand_as(q.codebooks))
+        return q
+
+    @torch.no_grad()
+    def to_token_specific(self) -> "SwitchableTokenQuantizer":
+        """Stage 1 -> 2: give every token its own copy of its group's codebook (in place; returns self).
+
+        The codebooks parameter is replaced (rebuild optimizers after this); usage counts are copied
+        per token. A quantizer that is already token-specific is returned unchanged.
+        """
+        if self.token_specific:
+            return self
+        T = self.num_tokens
+        self.codebooks = nn.Parameter(self.codebooks.data.expand(-1, T, -1, -1).clone())
+        self.usage = self.usage.expand(-1, T, -1).clone()
+        self.token_specific = True
+        return self
+
+    @torch.no_grad()
+    def init_from_latents(self, z: torch.Tensor, *, iters: int = 10, seed: int = 0) -> torch.Tensor:
+        """Data-driven start from encoder outputs z (N, T, D): per-group, per-token k-means.
+
+        Images are clustered into M groups first (see :func:`~vqswitch.codebooks.codebooks_from_latents`).
+        Resets usage counts. Returns the (N,) int64 group each image was clustered into.
+        """
+        z = self._check_z(z)
+        if z.shape[0] == 0:
+            raise ValueError("z must hold at least one image to initialise from")
+        books, image_groups = codebooks_from_latents(z, self.codebook_size, self.num_groups, self.token_specific,
+                                                     metric=self.metric, iters=iters, seed=seed)
+        self.codebooks.copy_(books.to(self.codebooks.dtype))
+        self.reset_usage()
+        return image_groups
+
+    # ------------------------------------------------------------------ usage
+    def reset_usage(self) -> None:
+        """Zero the code and group usage counts."""
+        self.usage.zero_()
+        self.group_counts.zero_()
+
+    def utilization(self) -> Utilization:
+        """Code utilisation from the recorded usage (the paper's Table 4): min/max/mean/std over
+        (group, token) codebooks of the fraction of codes used, and the group histogram."""
+        return utilization(self.usage, self.group_counts)
+
+    @torch.no_grad()
+    def revive_dead_codes(self, z: torch.Tensor, threshold: int = 0, *, seed: int = 0) -> int:
+        """Replace codes used at most ``threshold`` times with random recent inputs.
+
+        Args:
+            z: (N, T, D) float recent encoder outputs; token t's dead codes are refilled from z[:, t]
+               (from all tokens when token-shared), with 1% noise so copies differ.
+        Returns the number of codes replaced; their usage counts restart at 0. Call it every few
+        hundred steps, after enough images for the counts to mean something.
+        """
+        z = self._check_z(z)
+        if z.shape[0] == 0:
+            raise ValueError("z must hold at least one image to revive codes from")
+        dead = self.usage <= threshold  # (M, T', K)
+        n = int(dead.sum())
+        if n == 0:
+            return 0
+        gen = torch.Generator(device=z.device).manual_seed(seed)
+        src = z.detach().to(self.codebooks.dtype)
+        src = F.normalize(src, dim=-1) if self.metric == "cosine" else src
+        m_idx, t_idx, k_idx = dead.nonzero(as_tuple=True)
+        img = torch.randint(0, z.shape[0], (n,), generator=gen, device=z.device)
+        tok = t_idx if self.token_specific else torch.randint(0, self.num_tokens, (n,), generator=gen, device=z.device)
+        rows = src[img, tok.to(z.device)]
+        rows = rows + 0.01 * rows.std().nan_to_num(1.0) * torch.randn(rows.shape, generator=gen, device=z.device)
+        self.codebooks[m_idx, t_idx, k_idx] = rows.to(self.codebooks.device)
+        self.usage[dead] = 0
+        return n
+
+    # ------------------------------------------------------------------ Hub I/O
+    def save_pretrained(self, save_directory, *, config: dict | None = None, **kwargs):
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` to save_directory.
+
+        Each file is written atomically (a failed save leaves the previous files intact). Takes the
+        keyword arguments of ``PyTorchModelHubMixin.save_pretrained`` (``push_to_hub``, ``repo_id``...).
+        """
+        push = kwargs.pop("push_to_hub", False)
+        repo_id = kwargs.pop("repo_id", None)
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, config=config or self.get_config(), **kwargs)
+        if push:
+            return self.push_to_hub(repo_id=repo_id or Path(save_directory).name, config=config or self.get_config())
+        return None
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """A model card with the configuration, bits and bpp, and recorded utilisation."""
+        cfg = self.get_config()
+        rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg.items())
+        util = self.utilization()
+        used = "" if math.isnan(util.mean) else (
+            f"\n## Recorded codebook utilisation\n\nmin {util.min:.3f}, max {util.max:.3f}, "
+            f"mean {util.mean:.3f}, std {util.std:.3f} (fraction of each codebook's codes used in training)\n")
+        meta = self._hub_mixin_info.model_card_data.to_yaml()
+        content = f"""---
+{meta}
+---
+
+# SwitchableTokenQuantizer (vqswitch)
+
+A [Switchable Token-Specific Codebook Quantization](https://arxiv.org/abs/2510.22943) quantizer:
+M={self.num_groups} codebook groups, {"one codebook per token" if self.token_specific else "one codebook shared by all tokens"},
+K={self.codebook_size} codes of dimension D={self.dim}, for T={self.num_tokens} tokens per image, metric `{self.metric}`.
+
+## Bits
+
+- bits per image = T*ceil(log2 K) + ceil(log2 M) = **{self.bits_per_image}**
+- bpp at 256x256: **{self.bpp(256, 256):.4f}**; at 512x512: {self.bpp(512, 512):.4f}
+
+## Use
+
+```python
+from vqswitch import SwitchableTokenQuantizer
+quantizer = SwitchableTokenQuantizer.from_pretrained("REPO_OR_DIR")
+codes = quantizer.encode(z)          # z: (B, {self.num_tokens}, {self.dim}) encoder tokens
+z_q = quantizer.decode(codes)        # (B, {self.num_tokens}, {self.dim})
+data = codes.to_bytes()              # {self.bits_per_image} payload bits per image
+```
+
+## Configuration
+
+| key | value |
+|---|---|
+{rows}
+{used}"""
+        return ModelCard(content)
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        """Load weights, refusing (ValueError) weights that disagree with config.json."""
+        from safetensors import safe_open
+
+        expected = model.state_dict()
+        with safe_open(model_file, framework="pt", device=str(map_location)) as f:
+            keys = set(f.keys())
+            missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
+            if missing or unexpected:
+                raise ValueError(f"{model_file} does not match config.json: missing {missing}, unexpected {unexpected}")
+            state = {k: f.get_tensor(k) for k in keys}
+        bad = [f"{k}: config.json implies {tuple(expected[k].shape)}, file has {tuple(v.shape)}"
+               for k, v in state.items() if v.shape != expected[k].shape]
+        if bad:
+            raise ValueError(f"{model_file} does not match config.json ({'; '.join(bad)})")
+        model.load_state_dict(state, strict=True)
+        model.to(map_location)
+        model.eval()
+        return model
