@@ -288,6 +288,8 @@ def test_equality():
     c = make()
     assert c == make() and not (c != make())
     assert c != make(seed=1)
+    assert c != Codes((c.groups + 1) % 7, c.indices, 300, 7)  # groups alone differ
+    assert c != Codes(c.groups, c.indices.flip(1), 300, 7)  # indices alone differ
     assert c != Codes(c.groups, c.indices, 301, 7)
     assert c != Codes(c.groups, c.indices, 300, 8)
     assert c != c[:2]

@@ -54,7 +54,7 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
     else:
         pick = torch.randint(0, N, (P, K), generator=gen, device=x.device)
         c = torch.gather(x, 1, pick.unsqueeze(-1).expand(P, K, D)).clone()
-        scale = x.std(dim=1, keepdim=True).nan_to_num(1.0).clamp_min(1e-3)
+        scale = x.std(dim=1, keepdim=True, correction=0).clamp_min(1e-3)
         c[:, N:] += 0.01 * scale * torch.randn(P, K - N, D, generator=gen, device=x.device)
     rows = torch.arange(P, device=x.device).unsqueeze(1) * K
     for _ in range(iters):

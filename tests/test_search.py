@@ -1,0 +1,170 @@
+"""The torch search path (vqswitch.kernels) against a float64 brute-force reference."""
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from vqswitch.kernels import nearest_codeword, nearest_group, plan_tiles
+
+import reference
+
+METRICS = ["l2", "cosine", "dot"]
+
+
+@st.composite
+def problems(draw):
+    B = draw(st.integers(1, 5))
+    T = draw(st.integers(1, 6))
+    K = draw(st.integers(1, 40))
+    D = draw(st.integers(1, 9))
+    M = draw(st.integers(1, 4))
+    shared = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, D, generator=g)
+    cb = torch.randn(M, 1 if shared else T, K, D, generator=g)
+    groups = torch.randint(0, M, (B,), generator=g)
+    return z, cb, groups
+
+
+def _near_tie_free(z, cb, groups, metric, idx):
+    """True where the reference's best and second-best differ by more than fp32 noise."""
+    d = reference.distances(z, cb, groups, metric)
+    if d.shape[-1] == 1:
+        return torch.ones(idx.shape, dtype=torch.bool)
+    two = d.topk(2, dim=-1, largest=False).values
+    return (two[..., 1] - two[..., 0]) > 1e-4 * (1 + two[..., 0].abs())
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.sampled_from(METRICS), st.sampled_from([1, 200, 10**9]))
+def test_nearest_codeword_matches_reference(problem, metric, budget):
+    z, cb, groups = problem
+    res = nearest_codeword(z, cb, groups, metric, memory_budget=budget)
+    ref_idx, ref_min = reference.nearest(z, cb, groups, metric)
+    assert res.indices.dtype == torch.int64 and res.indices.shape == z.shape[:2]
+    assert ((res.indices >= 0) & (res.indices < cb.shape[2])).all()
+    # the chosen code's true distance is the minimum, up to fp32 rounding
+    chosen = reference.distances(z, cb, groups, metric).gather(-1, res.indices.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(chosen, ref_min, rtol=1e-5, atol=1e-5)
+    # the reported distance is the chosen code's distance
+    assert torch.allclose(res.distances.double(), chosen, rtol=1e-5, atol=1e-5)
+    # indices equal exactly away from near-ties
+    clear = _near_tie_free(z, cb, groups, metric, res.indices)
+    assert torch.equal(res.indices[clear], ref_idx[clear])
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems(), st.sampled_from(METRICS), st.sampled_from([1, 300, 10**9]))
+def test_nearest_group_picks_least_total_error(problem, metric, budget):
+    z, cb, _ = problem
+    res = nearest_group(z, cb, metric, memory_budget=budget)
+    ref = reference.group_errors(z, cb, metric)
+    assert res.group_errors.shape == ref.shape
+    assert torch.allclose(res.group_errors.double(), ref, rtol=1e-4, atol=1e-4)
+    # the chosen group's reported error is <= every other group's reported error, exactly
+    chosen = res.group_errors.gather(1, res.groups[:, None])
+    assert (chosen <= res.group_errors).all()
+    # its indices are that group's nearest codes, and distances sum to its error
+    per = nearest_codeword(z, cb, res.groups, metric, memory_budget=budget)
+    assert torch.equal(per.indices, res.indices)
+    assert torch.allclose(res.distances.sum(-1), chosen.squeeze(1), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(problems(), st.sampled_from(METRICS), st.integers(0, 2**16))
+def test_result_independent_of_batch_order_and_chunking(problem, metric, seed):
+    z, cb, groups = problem
+    perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
+    a = nearest_codeword(z, cb, groups, metric, memory_budget=1)
+    b = nearest_codeword(z[perm], cb, groups[perm], metric)
+    assert torch.equal(a.indices[perm], b.indices)
+    ga, gb = nearest_group(z, cb, metric, memory_budget=64), nearest_group(z[perm], cb, metric)
+    assert torch.equal(ga.groups[perm], gb.groups) and torch.equal(ga.indices[perm], gb.indices)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("budget", [1, 10**9])
+def test_ties_break_toward_lowest_index_and_group(metric, budget):
+    code = torch.tensor([0.6, -0.8, 0.0])
+    cb = torch.stack([torch.tensor([5.0, 5.0, 5.0]), code, code, torch.tensor([9.0, 0, 0]), code])  # codes 1, 2, 4 tie
+    z = code.expand(3, 2, 3).contiguous()
+    res = nearest_codeword(z, cb, metric=metric, memory_budget=budget)
+    expect = 3 if metric == "dot" else 1  # "dot": the largest inner product is code 3
+    assert (res.indices == expect).all()
+    groups_cb = torch.stack([cb[[0, 3]], cb[[1, 2]], cb[[1, 4]]]).unsqueeze(1)  # groups 1 and 2 tie
+    g = nearest_group(z, groups_cb, metric, memory_budget=budget)
+    assert (g.groups == (0 if metric == "dot" else 1)).all()
+
+
+def test_matches_cdist_argmin_on_a_plain_codebook():
+    g = torch.Generator().manual_seed(1)
+    z, cb = torch.randn(7, 11, 5, generator=g), torch.randn(33, 5, generator=g)
+    res = nearest_codeword(z, cb)
+    expect = torch.cdist(z.reshape(-1, 5).double(), cb.double()).argmin(-1).view(7, 11)
+    assert torch.equal(res.indices, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_inputs_search_in_fp32_or_better(dtype):
+    g = torch.Generator().manual_seed(2)
+    z, cb = torch.randn(4, 6, 8, generator=g).to(dtype), torch.randn(6, 50, 8, generator=g).to(dtype)
+    res = nearest_codeword(z, cb)
+    # exactly the fp32 (fp64) search of the same, already-rounded values
+    ref_idx, _ = reference.nearest(z.double(), cb.double().unsqueeze(0), torch.zeros(4, dtype=torch.long), "l2")
+    assert torch.equal(res.indices, ref_idx)
+    assert res.distances.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(nearest_codeword(z, cb).indices, ref_idx)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 1024), st.integers(1, 5000), st.integers(1, 70000),
+       st.integers(1, 300), st.integers(1, 2**28))
+def test_tile_plan_respects_the_budget(groups, tokens, rows, codes, dim, budget):
+    p = plan_tiles(groups, tokens, rows, codes, dim, budget)
+    assert 1 <= p.groups <= groups and 1 <= p.tokens <= tokens and 1 <= p.rows <= rows and 1 <= p.codes <= codes
+    cap = max(1, budget // 8)
+    if cap >= rows + dim:  # room for more than one element per extent: the tile fits the cap
+        assert p.elements <= cap
+
+
+def test_memory_stays_within_budget_measured():
+    """Peak allocation of any op (CPU profiler) stays within the budget, while the full distance
+    tensor would be 32x larger."""
+    budget = 1 << 20
+    z = torch.randn(64, 64, 16)
+    cb = torch.randn(64, 2048, 16)  # full (B, T, K) fp32 distances: 32 MiB
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        nearest_codeword(z, cb, memory_budget=budget)
+    biggest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < biggest <= budget, biggest
+    full = 64 * 64 * 2048 * 4
+    assert full >= 32 * budget
+
+
+@pytest.mark.parametrize("bad,match,exc", [
+    (dict(z=torch.randn(2, 3)), "shape \\(B, T, D\\)", ValueError),
+    (dict(z=torch.ones(2, 3, 4, dtype=torch.long)), "floating-point", TypeError),
+    (dict(codebooks=torch.randn(2, 5, 7, 4)), "T=3 tokens", ValueError),
+    (dict(codebooks=torch.randn(3, 7, 5)), "dim", ValueError),
+    (dict(metric="hamming"), "metric", ValueError),
+    (dict(backend="cuda"), "backend", ValueError),
+    (dict(groups=torch.tensor([0, 2])), "groups must lie in \\[0, 2\\)", ValueError),
+    (dict(groups=torch.tensor([0.0, 1.0])), "integer tensor", TypeError),
+    (dict(groups=torch.tensor([0])), "shape \\(B,\\)", ValueError),
+    (dict(groups=None), "groups is required", ValueError),
+    (dict(memory_budget=0), "memory_budget", ValueError),
+])
+def test_bad_input_gives_clear_errors(bad, match, exc):
+    args = dict(z=torch.randn(2, 3, 4), codebooks=torch.randn(2, 3, 7, 4), groups=torch.tensor([0, 1]))
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        nearest_codeword(args.pop("z"), args.pop("codebooks"), **args)
+
+
+def test_triton_backend_is_refused_clearly_until_it_exists():
+    with pytest.raises(NotImplementedError, match="triton"):
+        nearest_codeword(torch.randn(1, 2, 3), torch.randn(4, 3), backend="triton")

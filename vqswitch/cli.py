@@ -1,0 +1,207 @@
+"""The ``vqswitch`` console script (``main(argv) -> exit code``).
+
+    vqswitch bits                                   the paper's bits/bpp table for standard tokenizers
+    vqswitch bits --tokens T --codebook-size K [--groups M] [--height H --width W]
+    vqswitch info DIR_OR_REPO [--revision REV] [--height H --width W]
+    vqswitch new DIR --tokens T --codebook-size K --dim D [--groups M] [--shared] [--metric l2] [--seed S]
+
+Every command takes ``--json``. Errors print one ``vqswitch: error: ...`` line to stderr and
+return 2 (argparse does the same for malformed arguments). All bit counts come from
+:mod:`vqswitch.bits`, the one place the formula lives.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+
+from vqswitch import bits as _bits
+
+__all__ = ["main", "PAPER_CONFIGS"]
+
+# (tokenizer, T, ((K, M), ...)) of the paper's bit-budget table; the numbers are computed, never typed.
+PAPER_CONFIGS = (
+    ("TiTok-S", 128, ((4096, 1), (1024, 16), (256, 256))),
+    ("TiTok-L", 32, ((4096, 1), (256, 256))),
+    ("MaskGIT-VQGAN", 256, ((4096, 1), (1024, 16))),
+    ("IBQ", 256, ((8192, 1),)),
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _row(name: str | None, t: int, k: int, m: int, h: int, w: int) -> dict:
+    try:
+        b = _bits.bits_per_image(t, k, m)
+        return {"tokenizer": name, "num_tokens": t, "codebook_size": k, "num_groups": m,
+                "bits_per_image": b, "height": h, "width": w, "bpp": _bits.bpp(b, h, w)}
+    except (TypeError, ValueError) as e:
+        raise CLIError(_one_line(e)) from None
+
+
+def cmd_bits(args) -> int:
+    """The paper's table, or one (T, K, M) configuration when --tokens/--codebook-size are given."""
+    h, w = args.height, args.width
+    if args.tokens is None and args.codebook_size is None:
+        rows = [_row(name, t, k, m, h, w) for name, t, kms in PAPER_CONFIGS for k, m in kms]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'tokenizer':<14} {'T':>4} {'K':>5} {'M':>4} {'bits/image':>10} {f'bpp@{h}x{w}':>12}")
+        for r in rows:
+            print(f"{r['tokenizer']:<14} {r['num_tokens']:>4} {r['codebook_size']:>5} {r['num_groups']:>4} "
+                  f"{r['bits_per_image']:>10} {r['bpp']:>12.4f}")
+        return 0
+    if args.tokens is None or args.codebook_size is None:
+        raise CLIError("give both --tokens and --codebook-size (or neither, for the paper's table)")
+    r = _row(None, args.tokens, args.codebook_size, args.groups, h, w)
+    del r["tokenizer"]
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"T={r['num_tokens']} K={r['codebook_size']} M={r['num_groups']}: "
+              f"bits per image {r['bits_per_image']}, bpp at {h}x{w} {r['bpp']:.4f}")
+    return 0
+
+
+def _load(source: str, revision: str | None, cache_dir: str | None):
+    """``SwitchableTokenQuantizer.from_pretrained`` with every failure turned into a CLIError."""
+    from vqswitch.quantizer import SwitchableTokenQuantizer
+
+    # A Hub repo is ORG/NAME; anything else (or anything that exists on disk) is a local path.
+    local = (os.path.exists(source) or source.count("/") != 1 or source.startswith((".", "/", "~"))
+             or (os.sep != "/" and os.sep in source))
+    if local:
+        if not os.path.isdir(source):
+            raise CLIError(f"{source}: {'not a directory' if os.path.exists(source) else 'no such checkpoint directory'}")
+        for name in ("config.json", "model.safetensors"):
+            if not os.path.isfile(os.path.join(source, name)):
+                raise CLIError(f"{source}: not a vqswitch checkpoint (no {name})")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the Hub mixin prints while loading
+            return SwitchableTokenQuantizer.from_pretrained(source, revision=revision, cache_dir=cache_dir)
+    except Exception as e:  # noqa: BLE001 - any failure is reported in one line, never a traceback
+        where = "" if local else " (not a local directory; tried the Hugging Face Hub)"
+        raise CLIError(f"cannot load {source!r}{where}: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _count(params) -> dict:
+    params = list(params)
+    return {"count": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params)}
+
+
+def cmd_info(args) -> int:
+    """Config, bits, parameter sizes and recorded utilisation of a saved quantizer."""
+    q = _load(args.source, args.revision, args.cache_dir)
+    router = list(q.router.parameters()) if q.router is not None else []
+    params = {"codebooks": _count([q.codebooks]), "router": _count(router), "total": _count(q.parameters())}
+    util = None
+    if int(q.usage.sum()) > 0:
+        u = q.utilization()
+        util = {"min": u.min, "max": u.max, "mean": u.mean, "std": u.std, "group_counts": u.group_counts.tolist()}
+    h, w = args.height, args.width
+    info = {"source": args.source, "config": q.get_config(), "bits_per_image": q.bits_per_image,
+            "height": h, "width": w, "bpp": q.bpp(h, w), "parameters": params, "utilisation": util}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"checkpoint: {args.source}")
+    print("config:")
+    for k, v in info["config"].items():
+        print(f"  {k}: {v}")
+    print(f"bits per image: {q.bits_per_image}")
+    print(f"bpp at {h}x{w}: {info['bpp']:.4f}")
+    for name in ("codebooks", "router", "total"):
+        print(f"parameters ({name}): {params[name]['count']} ({params[name]['bytes']} bytes)")
+    if util is None:
+        print("utilisation: not recorded")
+    else:
+        print(f"utilisation: min {util['min']:.3f} max {util['max']:.3f} mean {util['mean']:.3f} std {util['std']:.3f}")
+        print(f"group histogram: {util['group_counts']}")
+    return 0
+
+
+def cmd_new(args) -> int:
+    """Save a fresh, randomly initialised quantizer (seeded) to DIR."""
+    import torch
+
+    from vqswitch.quantizer import SwitchableTokenQuantizer
+
+    if os.path.exists(os.path.join(args.dir, "config.json")) and not args.force:
+        raise CLIError(f"{args.dir} already holds a checkpoint; pass --force to overwrite it")
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG
+            torch.manual_seed(args.seed)
+            q = SwitchableTokenQuantizer(num_tokens=args.tokens, codebook_size=args.codebook_size, dim=args.dim,
+                                         num_groups=args.groups, token_specific=not args.shared, metric=args.metric)
+        q.save_pretrained(args.dir)
+    except (TypeError, ValueError, OSError) as e:
+        raise CLIError(_one_line(e)) from None
+    kind = "token-shared" if args.shared else "token-specific"
+    print(f"saved a new SwitchableTokenQuantizer (T={q.num_tokens}, K={q.codebook_size}, D={q.dim}, "
+          f"M={q.num_groups}, {kind}, metric {q.metric}, seed {args.seed}) to {args.dir}")
+    print(f"bits per image: {q.bits_per_image}, bpp at 256x256: {q.bpp(256, 256):.4f}")
+    print(f"next: vqswitch info {args.dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``vqswitch`` command."""
+    p = argparse.ArgumentParser(prog="vqswitch", description="Switchable token-specific codebook quantization tools.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new}")
+
+    def size(s):
+        s.add_argument("--height", type=int, default=256, help="image height for bpp (default 256)")
+        s.add_argument("--width", type=int, default=256, help="image width for bpp (default 256)")
+        s.add_argument("--json", action="store_true", help="print JSON")
+
+    b = sub.add_parser("bits", help="bits per image and bpp (the paper's table by default)")
+    b.add_argument("--tokens", type=int, help="T, tokens per image")
+    b.add_argument("--codebook-size", type=int, help="K, codes per codebook")
+    b.add_argument("--groups", type=int, default=1, help="M, codebook groups (default 1)")
+    size(b)
+    b.set_defaults(func=cmd_bits)
+
+    i = sub.add_parser("info", help="describe a saved quantizer (local directory or Hub repo ORG/NAME)")
+    i.add_argument("source", metavar="DIR_OR_REPO")
+    i.add_argument("--revision", help="Hub branch, tag or commit")
+    i.add_argument("--cache-dir", help="Hugging Face cache folder (default: the standard one)")
+    size(i)
+    i.set_defaults(func=cmd_info)
+
+    n = sub.add_parser("new", help="save a fresh, randomly initialised quantizer")
+    n.add_argument("dir", metavar="DIR")
+    n.add_argument("--tokens", type=int, required=True, help="T, tokens per image")
+    n.add_argument("--codebook-size", type=int, required=True, help="K, codes per codebook")
+    n.add_argument("--dim", type=int, required=True, help="D, token dimension")
+    n.add_argument("--groups", type=int, default=1, help="M, codebook groups (default 1)")
+    n.add_argument("--shared", action="store_true", help="one codebook per group shared by all tokens")
+    n.add_argument("--metric", choices=("l2", "cosine", "dot"), default="l2")
+    n.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the random codebooks")
+    n.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in DIR")
+    n.set_defaults(func=cmd_new)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``vqswitch`` command line; returns the exit code (argparse exits 2 on bad syntax)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"vqswitch: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
