@@ -24,6 +24,32 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return g
 
 
+#: Largest K seeded with k-means++ (its K sequential passes cost too much above this).
+KMEANSPP_MAX_K = 256
+
+
+def _kmeanspp(x: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (D^2 sampling), batched over problems: x (P, N, D) -> (P, K, D).
+
+    Seeds from a random subsample of at most max(2K, 1024) points per problem, so the K sequential
+    steps stay cheap for large N.
+    """
+    P, N, D = x.shape
+    n = min(N, max(2 * K, 1024))
+    if n < N:
+        sub = torch.argsort(torch.rand(P, N, generator=gen, device=x.device), dim=1)[:, :n]
+        x = torch.gather(x, 1, sub.unsqueeze(-1).expand(P, n, D))
+    rows = torch.arange(P, device=x.device)
+    c = torch.empty(P, K, D, dtype=x.dtype, device=x.device)
+    c[:, 0] = x[rows, torch.randint(0, n, (P,), generator=gen, device=x.device)]
+    d2 = (x - c[:, :1]).square().sum(-1)  # (P, n) squared distance to the nearest seed so far
+    for k in range(1, K):
+        w = d2 + (d2.sum(-1, keepdim=True) == 0)  # all points already seeds: sample uniformly
+        c[:, k] = x[rows, torch.multinomial(w, 1, generator=gen).squeeze(1)]
+        d2 = torch.minimum(d2, (x - c[:, k:k + 1]).square().sum(-1))
+    return c
+
+
 def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str = "l2", seed: int = 0) -> torch.Tensor:
     """Batched k-means: P independent problems of N points each.
 
@@ -35,8 +61,9 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
             (points and centroids on the unit sphere).
         seed: the random start; different seeds give different centroids.
     Returns:
-        (P, K, D) float32 centroids. The start is K distinct points per problem (sampled with
-        replacement plus small noise when N < K); an empty cluster is re-seeded with a random point.
+        (P, K, D) float32 centroids. The start is k-means++ seeding for K <= KMEANSPP_MAX_K (256),
+        K distinct random points for larger K, and every point plus noisy copies when N < K;
+        an empty cluster is re-seeded with a random point.
     """
     if x.dim() != 3 or x.shape[1] < 1:
         raise ValueError(f"x must have shape (P, N, D) with N >= 1, got {tuple(x.shape)}")
@@ -48,15 +75,21 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
     x = x.float()
     if metric == "cosine":
         x = F.normalize(x, dim=-1)
-    if N >= K:
+    if N >= K and K <= KMEANSPP_MAX_K:
+        c = _kmeanspp(x, K, gen)
+    elif N >= K:  # large K: K distinct random points (k-means++ costs K sequential passes)
         start = torch.argsort(torch.rand(P, N, generator=gen, device=x.device), dim=1)[:, :K]
         c = torch.gather(x, 1, start.unsqueeze(-1).expand(P, K, D)).clone()
-    else:
-        pick = torch.randint(0, N, (P, K), generator=gen, device=x.device)
+    else:  # every point once, then noisy copies of random points
+        pick = torch.cat([torch.arange(N, device=x.device).expand(P, N),
+                          torch.randint(0, N, (P, K - N), generator=gen, device=x.device)], dim=1)
         c = torch.gather(x, 1, pick.unsqueeze(-1).expand(P, K, D)).clone()
         scale = x.std(dim=1, keepdim=True, correction=0).clamp_min(1e-3)
         c[:, N:] += 0.01 * scale * torch.randn(P, K - N, D, generator=gen, device=x.device)
+    if N <= K:  # every point is already a centroid: Lloyd would only collapse the noisy copies
+        return c
     rows = torch.arange(P, device=x.device).unsqueeze(1) * K
+    scale = 0.01 * x.std(dim=1, keepdim=True, correction=0)
     for _ in range(iters):
         assign = nearest_codeword(x.transpose(0, 1), c, metric="l2").indices.T  # (P, N)
         flat = (assign + rows).reshape(-1)
@@ -66,7 +99,9 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
         empty = (counts.view(P, K) == 0)
         if empty.any():
             refill = torch.randint(0, N, (P, K), generator=gen, device=x.device)
-            new = torch.where(empty.unsqueeze(-1), torch.gather(x, 1, refill.unsqueeze(-1).expand(P, K, D)), new)
+            fresh = torch.gather(x, 1, refill.unsqueeze(-1).expand(P, K, D))
+            fresh = fresh + scale * torch.randn(fresh.shape, generator=gen, device=x.device)
+            new = torch.where(empty.unsqueeze(-1), fresh, new)
         c = F.normalize(new, dim=-1) if metric == "cosine" else new
     return c
 
