@@ -45,10 +45,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     Each file is atomic on its own; on failure nothing in ``path`` changes.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        path.mkdir(exist_ok=True)  # only once the content exists: a failed first save leaves nothing
         for src in sorted(tmp.rglob("*")):
             if src.is_file():
                 dst = path / src.relative_to(tmp)

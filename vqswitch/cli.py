@@ -137,19 +137,34 @@ def cmd_new(args) -> int:
 
     from vqswitch.quantizer import SwitchableTokenQuantizer
 
-    if os.path.exists(os.path.join(args.dir, "config.json")) and not args.force:
-        raise CLIError(f"{args.dir} already holds a checkpoint; pass --force to overwrite it")
     try:
         with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG
             torch.manual_seed(args.seed)
             q = SwitchableTokenQuantizer(num_tokens=args.tokens, codebook_size=args.codebook_size, dim=args.dim,
                                          num_groups=args.groups, token_specific=not args.shared, metric=args.metric)
-        q.save_pretrained(args.dir)
-    except (TypeError, ValueError, OSError) as e:
+    except (TypeError, ValueError) as e:
         raise CLIError(_one_line(e)) from None
+    kept = False
+    if os.path.exists(os.path.join(args.dir, "config.json")) and not args.force:
+        # Re-running the same command is a no-op; anything else would destroy a different checkpoint.
+        try:
+            old = _load(args.dir, None, None)
+            same = old.get_config() == q.get_config() and all(
+                torch.equal(a, b) for a, b in zip(old.state_dict().values(), q.state_dict().values()))
+        except CLIError:
+            same = False
+        if not same:
+            raise CLIError(f"{args.dir} already holds a different checkpoint; pass --force to overwrite it")
+        kept = True
+    else:
+        try:
+            q.save_pretrained(args.dir)
+        except OSError as e:
+            raise CLIError(f"cannot save to {args.dir}: {_one_line(e)}") from None
     kind = "token-shared" if args.shared else "token-specific"
-    print(f"saved a new SwitchableTokenQuantizer (T={q.num_tokens}, K={q.codebook_size}, D={q.dim}, "
-          f"M={q.num_groups}, {kind}, metric {q.metric}, seed {args.seed}) to {args.dir}")
+    desc = (f"SwitchableTokenQuantizer (T={q.num_tokens}, K={q.codebook_size}, D={q.dim}, M={q.num_groups}, "
+            f"{kind}, metric {q.metric}, seed {args.seed})")
+    print(f"{args.dir} already holds this {desc}; left unchanged" if kept else f"saved a new {desc} to {args.dir}")
     print(f"bits per image: {q.bits_per_image}, bpp at 256x256: {q.bpp(256, 256):.4f}")
     print(f"next: vqswitch info {args.dir}")
     return 0
@@ -188,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--shared", action="store_true", help="one codebook per group shared by all tokens")
     n.add_argument("--metric", choices=("l2", "cosine", "dot"), default="l2")
     n.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the random codebooks")
-    n.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in DIR")
+    n.add_argument("--force", action="store_true", help="overwrite a different checkpoint already in DIR")
     n.set_defaults(func=cmd_new)
     return p
 

@@ -428,10 +428,13 @@ class SwitchableTokenQuantizer(
         """
         push = kwargs.pop("push_to_hub", False)
         repo_id = kwargs.pop("repo_id", None)
+        card_kwargs = kwargs.pop("model_card_kwargs", None)
+        config = config or self.get_config()
         with atomic_directory(save_directory) as tmp:
-            super().save_pretrained(tmp, config=config or self.get_config(), **kwargs)
-        if push:
-            return self.push_to_hub(repo_id=repo_id or Path(save_directory).name, config=config or self.get_config())
+            super().save_pretrained(tmp, config=config, model_card_kwargs=card_kwargs)
+        if push:  # every remaining keyword (token, private, branch, commit_message...) goes to the push
+            return self.push_to_hub(repo_id=repo_id or Path(save_directory).name, config=config,
+                                    model_card_kwargs=card_kwargs, **kwargs)
         return None
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
