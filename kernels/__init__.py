@@ -11,9 +11,14 @@ Codebooks may be given as
     (T, K, D)       token-specific codebooks, one group
     (M, T', K, D)   M groups; T' = T (token-specific) or 1 (shared by all tokens)
 
-Backends: ``"torch"`` is the chunked pure-torch path (CPU and CUDA; see ``torch_search.py`` for
-the memory budget and tie rules); ``"triton"`` is reserved for the fused GPU kernels and is not
-available in this version; ``"auto"`` picks the best available (today: torch).
+Backends: ``"torch"`` is the tiled pure-torch path (CPU and CUDA; see ``torch_search.py`` for the
+memory budget and tie rules); ``"triton"`` is the fused kernel (``triton_search.py``; CUDA tensors,
+or CPU tensors under ``TRITON_INTERPRET=1``; fp32/fp16/bf16); ``"auto"`` picks Triton for CUDA
+tensors when triton is importable, else the torch path.
+
+Both functions run as ``torch.library`` custom ops (``torch.ops.vqswitch.*``, see ``ops.py``), so a
+model that calls them compiles with ``torch.compile(fullgraph=True)``: checks that depend on the
+data (NaN/Inf inputs, group range) run inside the op, at run time, and still raise ``ValueError``.
 """
 from __future__ import annotations
 
@@ -21,11 +26,13 @@ from typing import NamedTuple
 
 import torch
 
-from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles, search_all_groups, search_fixed_groups
+from . import ops as _ops
+from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
+from .triton_search import clear_norm_cache
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET", "METRICS", "BACKENDS", "SearchResult", "GroupSearchResult",
-    "nearest_codeword", "nearest_group", "as_grouped_codebooks", "plan_tiles",
+    "nearest_codeword", "nearest_group", "as_grouped_codebooks", "plan_tiles", "resolve_backend", "clear_norm_cache",
 ]
 
 BACKENDS = ("auto", "torch", "triton")
@@ -83,8 +90,6 @@ def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, 
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("backend='triton' is not available in this version of vqswitch; use 'auto' or 'torch'")
     if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget < 1:
         raise ValueError(f"memory_budget must be a positive int (bytes), got {memory_budget!r}")
     cb = as_grouped_codebooks(codebooks, z.shape[1])
@@ -95,9 +100,30 @@ def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, 
     return cb
 
 
+def resolve_backend(backend: str, z: torch.Tensor, codebooks: torch.Tensor) -> str:
+    """The backend that will run: "torch" or "triton".
+
+    "auto" takes Triton for CUDA tensors of fp32/fp16/bf16 when triton is importable, else torch.
+    Raises ValueError when "triton" is asked for but cannot run (no triton, a CPU tensor without
+    TRITON_INTERPRET=1, or fp64 inputs, which the kernel does not take).
+    """
+    from .triton_search import available
+
+    fp64 = torch.float64 in (z.dtype, codebooks.dtype)
+    if backend == "auto":
+        return "triton" if z.device.type == "cuda" and not fp64 and available(z.device) else "torch"
+    if backend == "triton":
+        if not available(z.device):
+            raise ValueError("backend='triton' needs triton installed and CUDA tensors (or TRITON_INTERPRET=1 "
+                             f"set before vqswitch.kernels is imported, for CPU tensors); got a {z.device.type} tensor")
+        if fp64:
+            raise ValueError("backend='triton' takes fp32, fp16 or bf16 inputs; use backend='torch' for float64")
+    return backend
+
+
 def nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None = None,
-                     metric: str = "l2", *, backend: str = "auto",
-                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SearchResult:
+                     metric: str = "l2", *, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                     check_finite: bool = True) -> SearchResult:
     """Each token's nearest code in the codebook of (its image's group, its position).
 
     Args:
@@ -106,12 +132,15 @@ def nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Ten
         groups: (B,) integer group of each image, in [0, M); may be None only when M == 1.
         metric: "l2" | "cosine" | "dot" (see module docs for the distance each reports).
         backend: "auto" | "torch" | "triton".
-        memory_budget: bytes of temporary memory the search may hold at once.
+        memory_budget: bytes of temporary memory the torch path may hold at once.
+        check_finite: raise ValueError when z holds NaN or Inf (one device sync).
     Returns:
-        SearchResult(indices (B, T) int64, distances (B, T) float32); ties go to the lowest index.
+        SearchResult(indices (B, T) int64, distances (B, T) float32; float64 for float64 inputs on
+        the torch path); ties go to the lowest index.
     Raises:
         TypeError for non-tensor or non-float inputs; ValueError for shape mismatches, an unknown
-        metric/backend, or groups missing, of the wrong shape/dtype, or out of range.
+        metric/backend, a backend that cannot run here, NaN/Inf in z, or groups missing, of the
+        wrong shape/dtype, or out of range.
     """
     cb = _check(z, codebooks, metric, backend, memory_budget)
     M = cb.shape[0]
@@ -124,13 +153,12 @@ def nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Ten
         if groups.shape != (z.shape[0],):
             raise ValueError(f"groups must have shape (B,)=({z.shape[0]},), got {tuple(groups.shape)}")
         groups = groups.to(device=z.device, dtype=torch.long)
-        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= M):
-            raise ValueError(f"groups must lie in [0, {M}), got values in [{int(groups.min())}, {int(groups.max())}]")
-    return SearchResult(*search_fixed_groups(z, cb, groups, metric, memory_budget))
+    backend = resolve_backend(backend, z, cb)
+    return SearchResult(*torch.ops.vqswitch.nearest_codeword(z, cb, groups, metric, backend, memory_budget, check_finite))
 
 
 def nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str = "l2", *, backend: str = "auto",
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GroupSearchResult:
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, check_finite: bool = True) -> GroupSearchResult:
     """Search all M groups; give each image the group of least total error, and its codes.
 
     Args: as :func:`nearest_codeword` (no groups).
@@ -141,4 +169,5 @@ def nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str = "l2", 
     Raises: as :func:`nearest_codeword`.
     """
     cb = _check(z, codebooks, metric, backend, memory_budget)
-    return GroupSearchResult(*search_all_groups(z, cb, metric, memory_budget))
+    backend = resolve_backend(backend, z, cb)
+    return GroupSearchResult(*torch.ops.vqswitch.nearest_group(z, cb, metric, backend, memory_budget, check_finite))

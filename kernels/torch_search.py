@@ -193,6 +193,29 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
         return indices, dists
 
 
+def _pick_best_groups(chunks, B: int, T: int, M: int, dtype: torch.dtype, device: torch.device):
+    """Reduce per-group results to the least-error group per image, lowest group first on ties.
+
+    chunks: iterable of (g0, indices (g, B, T), distances (g, B, T)) in ascending g0.
+    Returns (groups (B,), indices (B, T), distances (B, T), group_errors (B, M)).
+    """
+    errors = torch.empty(B, M, dtype=dtype, device=device)
+    best_err = torch.full((B,), math.inf, dtype=dtype, device=device)
+    best_g = torch.zeros(B, dtype=torch.long, device=device)
+    best_i = torch.zeros(B, T, dtype=torch.long, device=device)
+    best_d = torch.zeros(B, T, dtype=dtype, device=device)
+    for g0, i, d in chunks:
+        e = d.sum(-1)  # (g, B)
+        errors[:, g0:g0 + e.shape[0]] = e.T
+        for j in range(e.shape[0]):  # strict < keeps the lowest group on ties
+            better = e[j] < best_err
+            best_err = torch.where(better, e[j], best_err)
+            best_g = torch.where(better, torch.full_like(best_g, g0 + j), best_g)
+            best_i = torch.where(better[:, None], i[j], best_i)
+            best_d = torch.where(better[:, None], d[j], best_d)
+    return best_g, best_i, best_d, errors
+
+
 def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
                       memory_budget: int = DEFAULT_MEMORY_BUDGET):
     """Search every group and pick, per image, the group of least total error ("nearest" selection).
@@ -207,22 +230,9 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
     dtype = _compute_dtype(x, codebooks)
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
-        errors = torch.empty(B, M, dtype=dtype, device=x.device)
-        best_err = torch.full((B,), math.inf, dtype=dtype, device=x.device)
-        best_g = torch.zeros(B, dtype=torch.long, device=x.device)
-        best_i = torch.zeros(B, T, dtype=torch.long, device=x.device)
-        best_d = torch.zeros(B, T, dtype=dtype, device=x.device)
         # bound the (g, B, T) index/distance blocks held per step to the budget as well
         step = max(1, min(M, plan_tiles(M, Tp, B * T // Tp, K, D, memory_budget).groups,
                           (memory_budget // 16) // max(1, B * T)))
-        for g0, g1 in _ranges(M, step):
-            i, d = _search_group_block(x, codebooks[g0:g1], metric, memory_budget)  # (g, B, T)
-            e = d.sum(-1)  # (g, B)
-            errors[:, g0:g1] = e.T
-            for j in range(g1 - g0):  # strict < keeps the lowest group on ties
-                better = e[j] < best_err
-                best_err = torch.where(better, e[j], best_err)
-                best_g = torch.where(better, torch.full_like(best_g, g0 + j), best_g)
-                best_i = torch.where(better[:, None], i[j], best_i)
-                best_d = torch.where(better[:, None], d[j], best_d)
-        return best_g, best_i, best_d, errors
+        chunks = ((g0, *_search_group_block(x, codebooks[g0:g1], metric, memory_budget))
+                  for g0, g1 in _ranges(M, step))
+        return _pick_best_groups(chunks, B, T, M, dtype, x.device)

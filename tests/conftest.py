@@ -1,7 +1,15 @@
 import os
 import sys
 
-import torch
+# The Triton kernels run on the CPU interpreter when there is no GPU. The variable must be set before
+# triton is first imported (vqswitch.kernels imports it), so it is set here, before any test module.
+if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("VQSWITCH_FORCE_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "0"  # a GPU is here after all: run the kernels for real
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

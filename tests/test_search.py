@@ -165,6 +165,20 @@ def test_bad_input_gives_clear_errors(bad, match, exc):
         nearest_codeword(args.pop("z"), args.pop("codebooks"), **args)
 
 
-def test_triton_backend_is_refused_clearly_until_it_exists():
-    with pytest.raises(NotImplementedError, match="triton"):
+def test_triton_backend_on_cpu_without_the_interpreter_is_refused_clearly(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend='triton' needs"):
         nearest_codeword(torch.randn(1, 2, 3), torch.randn(4, 3), backend="triton")
+    with pytest.raises(ValueError, match="float64"):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        nearest_codeword(torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64), backend="triton")
+
+
+def test_nan_and_inf_are_refused_inside_the_op():
+    z = torch.randn(2, 3, 4)
+    z[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nearest_codeword(z, torch.randn(5, 4))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nearest_group(z, torch.randn(2, 1, 5, 4))
+    assert nearest_codeword(z, torch.randn(5, 4), check_finite=False).indices.shape == (2, 3)

@@ -210,7 +210,9 @@ class SwitchableTokenQuantizer(
                 f"metric={self.metric}, bits_per_image={self.bits_per_image}")
 
     # ------------------------------------------------------------------ validation
-    def _check_z(self, z) -> torch.Tensor:
+    def _check_z(self, z, finite: bool = True) -> torch.Tensor:
+        """Static checks of z (type, dtype, shape); NaN/Inf too when ``finite`` (the search op checks
+        them itself, at run time, so that compiled graphs need no data-dependent branch here)."""
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z must be a torch.Tensor of shape (B, T, D), got {type(z).__name__}")
         if not z.is_floating_point():
@@ -219,7 +221,7 @@ class SwitchableTokenQuantizer(
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
         if z.shape[1] != self.num_tokens or z.shape[2] != self.dim:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
-        if self.check_finite and z.numel() and not bool(torch.isfinite(z).all()):
+        if finite and self.check_finite and z.numel() and not bool(torch.isfinite(z).all()):
             raise ValueError("z contains NaN or Inf values")
         return z
 
@@ -232,13 +234,14 @@ class SwitchableTokenQuantizer(
 
     def _select(self, z: torch.Tensor, selection: str, probs: torch.Tensor | None, need_errors: bool):
         """Search: (groups, indices, distances, group_errors or None); no gradient."""
-        cb, kw = self.codebooks.detach(), dict(metric=self.metric, backend=self.backend, memory_budget=self.memory_budget)
+        cb = self.codebooks.detach()
+        kw = dict(metric=self.metric, backend=self.backend, memory_budget=self.memory_budget, check_finite=self.check_finite)
         if selection == "nearest":
             r = nearest_group(z, cb, **kw)
             return r.groups, r.indices, r.distances.float(), r.group_errors.float()
         groups = probs.argmax(dim=-1)
         r = nearest_codeword(z, cb, groups, **kw)
-        errors = nearest_group(z, cb, **kw).group_errors.float() if need_errors else None
+        errors = nearest_group(z, cb, **dict(kw, check_finite=False)).group_errors.float() if need_errors else None
         return groups, r.indices, r.distances.float(), errors
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -248,7 +251,7 @@ class SwitchableTokenQuantizer(
         eval mode. In training, code and group counts are accumulated (summed over DDP ranks).
         Raises TypeError/ValueError for a non-tensor, non-float, wrong-shape, or non-finite z.
         """
-        z = self._check_z(z)
+        z = self._check_z(z, finite=False)
         B = z.shape[0]
         selection = self.train_selection if self.training else self.inference_selection
         probs = self.router(z.detach()) if self.router is not None and B else None
@@ -299,7 +302,7 @@ class SwitchableTokenQuantizer(
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> Codes:
         """z: (B, T, D) float -> :class:`Codes` using ``inference_selection``; no gradient, no usage counting."""
-        z = self._check_z(z)
+        z = self._check_z(z, finite=False)
         if z.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.long, device=z.device)
             return Codes(empty, empty.view(0, 1).expand(0, self.num_tokens), self.codebook_size, self.num_groups)

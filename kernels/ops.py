@@ -1,0 +1,80 @@
+"""The search as ``torch.library`` custom ops, so compiled models keep one graph.
+
+``torch.ops.vqswitch.nearest_codeword`` and ``torch.ops.vqswitch.nearest_group`` take canonical
+(M, T', K, D) codebooks and an already-resolved backend; :mod:`vqswitch.kernels` validates the
+arguments and calls them. Their fake (meta) implementations give output shapes and dtypes without
+running anything. Checks that depend on values (NaN/Inf, group range) run here, at run time.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .torch_search import search_all_groups, search_fixed_groups
+
+__all__: list[str] = []
+
+
+def _out_dtype(z: torch.Tensor, cb: torch.Tensor, backend: str) -> torch.dtype:
+    return torch.float64 if backend == "torch" and torch.float64 in (z.dtype, cb.dtype) else torch.float32
+
+
+def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups: int, check_finite: bool) -> None:
+    if check_finite and z.numel() and not bool(torch.isfinite(z).all()):
+        raise ValueError("z contains NaN or Inf values")
+    if groups is not None and groups.numel():
+        lo, hi = int(groups.min()), int(groups.max())
+        if lo < 0 or hi >= num_groups:
+            raise ValueError(f"groups must lie in [0, {num_groups}), got values in [{lo}, {hi}]")
+
+
+@torch.library.custom_op("vqswitch::nearest_codeword", mutates_args=())
+def nearest_codeword_op(z: torch.Tensor, codebooks: torch.Tensor, groups: Optional[torch.Tensor], metric: str,
+                        backend: str, memory_budget: int, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (B, T, D), codebooks (M, T', K, D), groups (B,) int64 or None -> (indices (B, T), distances (B, T))."""
+    _runtime_checks(z, groups, codebooks.shape[0], check_finite)
+    if z.shape[0] == 0:
+        return (z.new_empty(z.shape[:2], dtype=torch.long), z.new_empty(z.shape[:2], dtype=_out_dtype(z, codebooks, backend)))
+    if backend == "triton":
+        from .triton_search import triton_fixed_groups
+
+        i, d = triton_fixed_groups(z, codebooks, groups, metric)
+    else:
+        i, d = search_fixed_groups(z, codebooks, groups, metric, memory_budget)
+    return i.contiguous(), d.contiguous()
+
+
+@nearest_codeword_op.register_fake
+def _(z, codebooks, groups, metric, backend, memory_budget, check_finite):
+    B, T = z.shape[:2]
+    return z.new_empty((B, T), dtype=torch.long), z.new_empty((B, T), dtype=_out_dtype(z, codebooks, backend))
+
+
+@torch.library.custom_op("vqswitch::nearest_group", mutates_args=())
+def nearest_group_op(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget: int,
+                     check_finite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z (B, T, D), codebooks (M, T', K, D) -> (groups (B,), indices (B, T), distances (B, T), group_errors (B, M))."""
+    _runtime_checks(z, None, codebooks.shape[0], check_finite)
+    B, T = z.shape[:2]
+    M = codebooks.shape[0]
+    if B == 0:
+        dt = _out_dtype(z, codebooks, backend)
+        return (z.new_empty((0,), dtype=torch.long), z.new_empty((0, T), dtype=torch.long),
+                z.new_empty((0, T), dtype=dt), z.new_empty((0, M), dtype=dt))
+    if backend == "triton":
+        from .triton_search import triton_all_groups
+
+        out = triton_all_groups(z, codebooks, metric, memory_budget)
+    else:
+        out = search_all_groups(z, codebooks, metric, memory_budget)
+    return tuple(t.contiguous() for t in out)
+
+
+@nearest_group_op.register_fake
+def _(z, codebooks, metric, backend, memory_budget, check_finite):
+    B, T = z.shape[:2]
+    M = codebooks.shape[0]
+    dt = _out_dtype(z, codebooks, backend)
+    return (z.new_empty((B,), dtype=torch.long), z.new_empty((B, T), dtype=torch.long),
+            z.new_empty((B, T), dtype=dt), z.new_empty((B, M), dtype=dt))
