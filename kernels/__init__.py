@@ -22,13 +22,13 @@ data (NaN/Inf inputs, group range) run inside the op, at run time, and still rai
 """
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import torch
 
 from . import ops as _ops
 from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
-from .triton_search import clear_norm_cache
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET", "METRICS", "BACKENDS", "SearchResult", "GroupSearchResult",
@@ -100,6 +100,14 @@ def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, 
     return cb
 
 
+def clear_norm_cache() -> None:
+    """Forget the Triton backend's cached codebook norms (needed only after writes through ``.data``,
+    which bypass the version counter the cache is keyed on)."""
+    mod = sys.modules.get(__name__ + ".triton_search")
+    if mod is not None:
+        mod.clear_norm_cache()
+
+
 def resolve_backend(backend: str, z: torch.Tensor, codebooks: torch.Tensor) -> str:
     """The backend that will run: "torch" or "triton".
 
@@ -107,12 +115,16 @@ def resolve_backend(backend: str, z: torch.Tensor, codebooks: torch.Tensor) -> s
     Raises ValueError when "triton" is asked for but cannot run (no triton, a CPU tensor without
     TRITON_INTERPRET=1, or fp64 inputs, which the kernel does not take).
     """
-    from .triton_search import available
-
     fp64 = torch.float64 in (z.dtype, codebooks.dtype)
     if backend == "auto":
-        return "triton" if z.device.type == "cuda" and not fp64 and available(z.device) else "torch"
+        if z.device.type != "cuda" or fp64:  # decided without importing triton
+            return "torch"
+        from .triton_search import available
+
+        return "triton" if available(z.device) else "torch"
     if backend == "triton":
+        from .triton_search import available
+
         if not available(z.device):
             raise ValueError("backend='triton' needs triton installed and CUDA tensors (or TRITON_INTERPRET=1 "
                              f"set before vqswitch.kernels is imported, for CPU tensors); got a {z.device.type} tensor")

@@ -79,3 +79,8 @@ def test_nan_still_raises_inside_a_compiled_graph():
     x[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
         compiled(x)
+    # regression: raising inside a no_grad block of a compiled graph used to leave grad mode off
+    assert torch.is_grad_enabled()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        torch.compile(model.quantizer.encode, backend="eager")(torch.full((1, 5, 4), float("inf")))
+    assert torch.is_grad_enabled()

@@ -256,14 +256,15 @@ class SwitchableTokenQuantizer(
         selection = self.train_selection if self.training else self.inference_selection
         probs = self.router(z.detach()) if self.router is not None and B else None
         need_errors = self.training and self.router is not None and self.quality_weight > 0
-        with torch.no_grad():
-            if B:
-                groups, indices, distances, errors = self._select(z.detach(), selection, probs, need_errors)
-            else:
-                groups = torch.zeros(0, dtype=torch.long, device=z.device)
-                indices = torch.zeros(0, self.num_tokens, dtype=torch.long, device=z.device)
-                distances = torch.zeros(0, self.num_tokens, device=z.device)
-                errors = None
+        # No torch.no_grad() around the search: its inputs are detached and its ops have no autograd, and
+        # an exception raised inside a no_grad block of a compiled graph would leave grad mode off.
+        if B:
+            groups, indices, distances, errors = self._select(z.detach(), selection, probs, need_errors)
+        else:
+            groups = torch.zeros(0, dtype=torch.long, device=z.device)
+            indices = torch.zeros(0, self.num_tokens, dtype=torch.long, device=z.device)
+            distances = torch.zeros(0, self.num_tokens, device=z.device)
+            errors = None
         q = self._lookup(groups, indices)
         zq = F.normalize(z, dim=-1) if self.metric == "cosine" else z
         q = F.normalize(q, dim=-1) if self.metric == "cosine" else q
@@ -299,14 +300,16 @@ class SwitchableTokenQuantizer(
         self.group_counts.index_add_(0, all_groups, torch.ones_like(all_groups))
 
     # ------------------------------------------------------------------ codes
-    @torch.no_grad()
     def encode(self, z: torch.Tensor) -> Codes:
         """z: (B, T, D) float -> :class:`Codes` using ``inference_selection``; no gradient, no usage counting."""
-        z = self._check_z(z, finite=False)
+        z = self._check_z(z, finite=False).detach()
         if z.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.long, device=z.device)
             return Codes(empty, empty.view(0, 1).expand(0, self.num_tokens), self.codebook_size, self.num_groups)
-        probs = self.router(z) if self.inference_selection == "router" else None
+        probs = None
+        if self.inference_selection == "router":
+            with torch.no_grad():  # nothing in here raises on bad data; the search below does
+                probs = self.router(z)
         groups, indices, _, _ = self._select(z, self.inference_selection, probs, need_errors=False)
         return Codes(groups, indices, codebook_size=self.codebook_size, num_groups=self.num_groups)
 
