@@ -15,10 +15,12 @@ triton is imported). Two things the interpreter cannot show, stated honestly:
 import pytest
 import torch
 
-from vqswitch import SwitchableTokenQuantizer
-from vqswitch.kernels import nearest_codeword, nearest_group, triton_search
+pytest.importorskip("triton")
 
-import reference
+from vqswitch import SwitchableTokenQuantizer  # noqa: E402
+from vqswitch.kernels import nearest_codeword, nearest_group, triton_search  # noqa: E402
+
+import reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 METRICS = ["l2", "cosine", "dot"]
