@@ -1,8 +1,8 @@
 """Benchmark vqswitch's search kernels (triton and torch backends) at the paper's shapes, against peers.
 
 Run (from the repository root):
-  python benchmarks/bench_kernels.py                  # every shape, B in 1,16,64,256 (~10 min on 2 CPU cores)
-  python benchmarks/bench_kernels.py --quick          # B in 1,16 and three shapes: a smoke run (~1 min)
+  python benchmarks/bench_kernels.py                  # every shape, B in 1,16,64,256 (~8 min on 2 CPU cores)
+  python benchmarks/bench_kernels.py --quick          # B in 1,16 and three shapes: a smoke run (~30 s)
   python benchmarks/bench_kernels.py --shapes titok-s,ibq-k8192 --batches 16,64 --repeats 7
   python benchmarks/bench_kernels.py --metric cosine  # TiTok's real metric instead of the default l2
   python benchmarks/bench_kernels.py --max-gflop 200  # run bigger (method, shape) pairs on CPU too
@@ -32,17 +32,27 @@ Methods (rows), all on the same inputs; "-nearest" rows answer the "nearest" gro
 faiss is the faiss-cpu wheel (`pip install faiss-cpu`); without it its rows are left out with a note. faiss rows
 always run on the host CPU with host data, also on a GPU machine (their peak is then host RSS).
 Each peer row reports how often its indices (and groups) agree with vqswitch's torch path ("agree %").
+vqswitch is called with its defaults otherwise (memory_budget=DEFAULT_MEMORY_BUDGET, its NaN/Inf check of z on).
 
-Measurement (shared with bench_search.py, whose helpers this script imports): every (shape, B, method) runs in
-a fresh subprocess (this script with a hidden --worker argument) so that peak memory can be read per row:
-  CPU:  ru_maxrss growth over the warm-up and timed calls (see bench_search.py for why the parent never
-        imports torch); the warm-up call counts toward the peak.
+Measurement (bench_search.py's method, and its helpers, imported from it): every (shape, B, method) runs in
+a fresh process so that peak memory can be read per row, after one call of the same method on tiny inputs
+of the same structure, so that one-time lazy set-up does not count (vqswitch's search is a torch.library
+custom op whose first call imports torch._dynamo, sympy, ...: ~1 s and ~150 MiB of RSS, once per process):
+  CPU:  ru_maxrss growth over the warm-up and timed calls (the warm-up call counts toward the peak).
   CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus memory_allocated() before,
         all synchronised; the warm-up call (JIT compilation, autotuning) runs BEFORE the reset so that
         autotuner scratch buffers do not count.
+  The fresh process (--isolation) is, by default on CPU, a fork of this script made after it has imported
+  torch, vqswitch and vector-quantize-pytorch (and run one tiny single-threaded search) but before any
+  parallel torch op or CUDA call: re-importing all that costs ~4 s per row, ~8 of the ~10 minutes of a full
+  CPU run. Linux gives a forked child a high-water mark equal to the RSS it actually maps, not the parent's
+  peak, so ru_maxrss growth is measured as in an exec'd worker. On CUDA (and with --isolation exec) the
+  row runs in this script re-run with a hidden --worker argument, as in bench_search.py; the parent then
+  never imports torch, since exec (unlike fork) carries a process's high-water mark over to the new program.
 Time is the median of --repeats (default 5) calls after one warm-up call. Before each row the parent waits
 (<= 60 s) for the CPUs to be quiet and reruns a row (--retries, default 2) whose repeats were disturbed by
-other processes using > 10% of the CPUs (marked "!" if still disturbed).
+other processes using > 10% of the CPUs (marked "!" if still disturbed; rows whose repeats last < 0.2 s
+cannot be judged from /proc/stat's 10 ms ticks: JSON "contention" null).
 
 Inputs are uniform(-sqrt 3, sqrt 3) (unit variance) generated directly on the device: the MaskGIT M=16 books
 hold 1G floats (4 GiB) and randn on one CPU core would take ~15 s per row; the distribution does not change
@@ -55,7 +65,7 @@ for cdist, 5x for vector-quantize-pytorch) exceeds 80% of the memory free at sta
 
 Roofline: at start an "info" worker measures on the device the copy bandwidth BW (a 1 GiB device-to-device
 tensor.copy_ on CUDA, 256 MiB memcpy on CPU, 2 x bytes / time, best of 5) and the matmul peak (8192^2 on CUDA,
-2048^2 on CPU; fp32 with TF32 off, and bf16; best of 5; torch.set_num_threads(all CPUs)). Per row:
+4096^2 on CPU; fp32 with TF32 off, and bf16; best of 5; torch.set_num_threads(all CPUs)). Per row:
   bytes moved = z + the codebooks the task must read (the groups present for the router path, all M for
                 "-nearest", K*D for a shared book) + the outputs (int64 indices, fp32 distances; "-nearest"
                 also int64 groups and the fp32 (B, M) group errors)      -> GB/s = bytes / median
@@ -70,7 +80,8 @@ Target checks (printed PASS / FAIL / N/A, computed from this run only):
        1.5x of the roofline floor for B >= 16;
   CPU: vqswitch-torch >= 3x vector-quantize-pytorch and no slower than faiss at the TiTok-S shapes;
   both: every vqswitch row's peak memory <= its memory budget (vqswitch.kernels.DEFAULT_MEMORY_BUDGET).
-Other options: --json PATH, --plot PATH ("" for none), --retries N, --row-timeout S (default 900).
+Other options: --json PATH, --plot PATH ("" for none), --retries N, --row-timeout S (default 900),
+--isolation fork|exec.
 """
 from __future__ import annotations
 
@@ -80,19 +91,28 @@ import json
 import math
 import os
 import platform
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_search as bs  # noqa: E402  (helpers; like this script, it imports torch only in --worker processes)
 
-if "--worker" in sys.argv:  # only workers import torch (see bench_search.py on peak memory)
+torch = F = nearest_codeword = nearest_group = None  # set by load_torch(), only where rows are measured
+
+
+def load_torch() -> None:
+    """Import torch and vqswitch.kernels here and in bench_search (whose helpers use them as globals)."""
+    global torch, F, nearest_codeword, nearest_group
     import torch
     import torch.nn.functional as F
 
     from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, nearest_codeword, nearest_group
+    bs.torch, bs.DEFAULT_MEMORY_BUDGET = torch, DEFAULT_MEMORY_BUDGET
+    bs.nearest_codeword, bs.nearest_group = nearest_codeword, nearest_group
 
 SHAPES = [  # name, model, T tokens, D dims, K codes, M groups; shared: one (K, D) book for all tokens
     dict(name="titok-s-k4096", model="TiTok-S", T=128, D=12, K=4096, M=1),
@@ -258,6 +278,9 @@ def measure(spec: dict) -> dict:
     dev = torch.device(spec["device"])
     host = dev.type == "cpu" or method.startswith("faiss")  # peak from ru_maxrss (faiss runs on the host)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with torch.no_grad():  # one call on tiny inputs of the same structure: lazy imports and one-time set-up
+        tiny = dict(s, T=min(s["T"], 4), K=min(s["K"], 8), M=min(s["M"], 2))  # (e.g. torch.library's first
+        build(method, tiny, *make_inputs(tiny, 2, dev), spec["threads"])[0]()  # call imports torch._dynamo)
     z, cb, groups = make_inputs(s, B, dev)
     fn, ref = build(method, s, z, cb, groups, spec["threads"])
     a = torch.randn(16, 1, 8, device=dev)  # tiny unrelated op: BLAS / thread-pool / CUDA initialisation
@@ -286,10 +309,13 @@ def measure(spec: dict) -> dict:
         peak = (bs.maxrss_mib() if host else torch.cuda.max_memory_allocated() / 2**20) - base
         expect = out if ref is fn else ref()
     pairs = zip(out, expect) if isinstance(out, tuple) else [(out, expect)]
-    other = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])  # CPU seconds used by other processes meanwhile
+    # share of the CPUs used by other processes during the repeats; /proc/stat counts 10 ms ticks, so a
+    # window under 0.2 s cannot tell (None): the parent's wait for a quiet machine is the only guard there
+    other = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
+    contention = max(0.0, other / (sum(times) * (os.cpu_count() or 1))) if sum(times) >= 0.2 else None
     return dict(median_ms=1e3 * statistics.median(times), times_ms=[1e3 * t for t in times],
                 peak_mib=peak, peak_kind="host ru_maxrss growth" if host else "CUDA max_memory_allocated growth",
-                baseline_slack_mib=slack, contention=max(0.0, other / (sum(times) * (os.cpu_count() or 1))),
+                baseline_slack_mib=slack, contention=contention,
                 agreement_pct=None if ref is fn else
                 [100.0 * (o.cpu() == e.cpu()).double().mean().item() for o, e in pairs],
                 **task_work(s, B, method, groups))
@@ -318,7 +344,7 @@ def measure_roofline(device: str, threads: int) -> dict:
     dst = torch.empty_like(src).fill_(0.0)
     bw = 2 * nbytes / best(lambda: dst.copy_(src))
     del src, dst
-    n = 8192 if cuda else 2048
+    n = 8192 if cuda else 4096
     old = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -379,9 +405,64 @@ def machine_info(threads: int) -> dict:
 
 
 # ============================================================================ parent side
-def run_worker(spec: dict, timeout: float) -> dict:
-    """Run this script as a worker on spec; its last stdout line is the JSON answer."""
+def prepare_fork_parent() -> None:
+    """Import everything rows need once, in this process, so that forked rows start warm.
+
+    Runs no parallel torch op (one thread, tiny CPU tensors) and never touches CUDA: a forked child
+    must start its own OpenMP pool and CUDA context.
+    """
+    load_torch()
+    torch.set_num_threads(1)
+    with torch.no_grad():  # the first custom-op call imports torch._dynamo, sympy, ... (~1 s)
+        z, cb = torch.randn(2, 3, 4), torch.randn(2, 3, 5, 4)
+        nearest_codeword(z, cb, torch.tensor([0, 1]), backend="torch")
+        nearest_group(z, cb, backend="torch")
+    for name in ("vector_quantize_pytorch", "numpy"):
+        try:
+            __import__(name)
+        except Exception:
+            pass  # the info worker has reported it
+
+
+def _fork_child(spec: dict, conn) -> None:
+    try:
+        conn.send(("ok", measure(spec)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def fork_worker(spec: dict, timeout: float) -> dict:
+    """Measure spec in a forked child (a fresh process per row, without re-importing torch)."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_fork_child, args=(spec, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(timeout):
+            proc.kill()
+            return dict(error=f"timed out after {timeout:.0f} s")
+        status, res = recv.recv()
+    except EOFError:
+        status, res = "error", "worker died without an answer"
+    finally:
+        proc.join()
+        recv.close()
+    if status != "ok":
+        res += f" (exit code {proc.exitcode})" if proc.exitcode else ""
+        print(f"    ! worker failed: {res.strip().splitlines()[-1]}", file=sys.stderr)
+        return dict(error=res[-2000:])
+    return res
+
+
+def run_worker(spec: dict, timeout: float, isolation: str = "exec") -> dict:
+    """Measure spec in a fresh process once the CPUs are quiet: a fork of this one, or this script re-run
+    with --worker (exec; its last stdout line is the JSON answer)."""
     bs.wait_for_quiet()
+    if isolation == "fork":
+        return fork_worker(spec, timeout)
     try:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
                               capture_output=True, text=True, timeout=timeout)
@@ -467,7 +548,7 @@ def print_table(rows: list, shapes: list) -> None:
             print()
         prev = (r["shape"], r["B"])
         name = r["method"] + ("*" if r["method"] == VQP and r["shape_spec"]["M"] > 1 else "")
-        name += "!" if r.get("contention", 0) > 0.1 else ""
+        name += "!" if (r.get("contention") or 0) > 0.1 else ""
         lead = f"{r['shape']:<18} {r['B']:>4} {name:<32}"
         if "skipped" in r:
             print(f"{lead} {r['skipped']}")
@@ -488,7 +569,7 @@ def print_table(rows: list, shapes: list) -> None:
         print(f"* {VQP} has no groups: timed per-token on group 0's books (same K), the closest analogue")
     if any(r["method"] == CDIST and r["shape_spec"]["metric"] == "dot" for r in rows):
         print("cdist rows with metric dot are matmul + argmax (torch.cdist has no inner product)")
-    if any(r.get("contention", 0) > 0.1 for r in rows):
+    if any((r.get("contention") or 0) > 0.1 for r in rows):
         print("! other processes used > 10% of the CPUs during this row's repeats even after retries: noisy timing")
 
 
@@ -571,14 +652,18 @@ def plot(rows: list, shapes: list, path: str, machine: dict) -> str | None:
     cols = min(3, len(names))
     nrows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.9 * nrows), squeeze=False)
+    bases = list(dict.fromkeys(m.removesuffix(NEAREST) for m in METHOD_ORDER))
     for ax, name in zip(axes.flat, names):
-        for m in METHOD_ORDER:
+        for m in METHOD_ORDER:  # one colour per method, dashed for the "nearest" task
             pts = sorted((r["B"], r["median_ms"]) for r in rows if r["shape"] == name and r["method"] == m
                          and "median_ms" in r)
             if pts:
-                ax.plot(*zip(*pts), marker="o", linestyle="--" if m.endswith(NEAREST) else "-", label=m)
+                ax.plot(*zip(*pts), marker="o", color=f"C{bases.index(m.removesuffix(NEAREST))}",
+                        linestyle="--" if m.endswith(NEAREST) else "-", label=m)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        measured = sorted({r["B"] for r in rows if r["shape"] == name and "median_ms" in r})
+        ax.set_xticks(measured, [str(b) for b in measured])
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("batch size B")
         ax.set_ylabel("median ms")
@@ -605,12 +690,15 @@ def main() -> None:
                    help=f"skip rows estimated above this (default {CPU_MAX_GFLOP:.0f} on CPU, unlimited on GPU)")
     p.add_argument("--retries", type=int, default=2, help="reruns of a row disturbed by other processes")
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row's worker is abandoned")
+    p.add_argument("--isolation", choices=["fork", "exec"],
+                   help="fresh process per row: fork (default on CPU) or exec (default on CUDA); see the docstring")
     p.add_argument("--json", default=os.path.join("benchmarks", "results", "bench_kernels.json"))
     p.add_argument("--plot", default=os.path.join("benchmarks", "results", "bench_kernels.png"),
                    help='PNG path ("" for no plot)')
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        load_torch()
         spec = json.loads(args.worker)
         print(json.dumps(machine_info(spec["threads"]) if spec.get("info") else measure(spec)))
         return
@@ -644,6 +732,9 @@ def main() -> None:
         notes.append(f"{VQP} rows only with metric l2 (bench_search.build_vqp)")
     for n in notes:
         print("note: " + n)
+    isolation = args.isolation or ("fork" if machine["device_type"] == "cpu" else "exec")
+    if isolation == "fork":
+        prepare_fork_parent()  # after the info worker: an exec'd process inherits its parent's RSS peak
     limit = args.max_gflop if args.max_gflop is not None else CPU_MAX_GFLOP
     print(f"median of {args.repeats} calls after 1 warm-up; rows above {limit:.0f} GFLOP "
           f"{'skipped' if args.max_gflop is not None else 'skipped on CPU (faiss always runs on CPU)'}", flush=True)
@@ -658,12 +749,13 @@ def main() -> None:
             continue
         print(f"  [{n}/{len(plan)}] {s['name']} B{B} {m} ...", end=" ", flush=True)
         spec = dict(shape=s, B=B, method=m, repeats=args.repeats, threads=threads, device=machine["device_type"])
-        res = run_worker(spec, args.row_timeout)
+        res = run_worker(spec, args.row_timeout, isolation)
         for _ in range(args.retries):  # other processes took > 10% of the CPUs: run it again
-            if res.get("contention", 0) <= 0.1:
+            if (res.get("contention") or 0) <= 0.1:
                 break
             print(f"(busy machine: {100 * res['contention']:.0f}% of CPUs used by others, rerunning)", end=" ", flush=True)
-            res = min(res, run_worker(spec, args.row_timeout), key=lambda r: r.get("contention", 2.0))
+            res = min(res, run_worker(spec, args.row_timeout, isolation),
+                      key=lambda r: 2.0 if "error" in r else (r.get("contention") or 0))
         print("failed" if "error" in res else f"{res['median_ms']:.3f} ms", flush=True)
         rows.append(dict(row, **res))
 

@@ -14,8 +14,9 @@ running minimum and argmin per row in registers; no distance ever reaches memory
 
 Scores: l2 ``||c||^2 - 2 x.c``; cosine ``||c^||^2 - 2 x^.c / |c|`` (x normalised by the launcher);
 dot ``-x.c``. ``||c||^2`` and ``1/|c|`` are computed once per codebook version (keyed on the
-tensor's storage, shape, strides, dtype and autograd version counter, which every in-place
-update bumps; writes through ``.data`` bypass that counter: call :func:`clear_norm_cache` then).
+caller's tensor: storage, offset, shape, strides, dtype and autograd version counter, which every
+in-place update bumps, plus a weak reference to the storage so a freed address never matches;
+writes through ``.data`` bypass the version counter: call :func:`clear_norm_cache` then).
 
 Precision: fp32 inputs use ``tl.dot(input_precision="ieee")`` (no TF32); fp16/bf16 inputs use the
 tensor cores with fp32 accumulation (products of half values are exact in fp32). Ties go to the
@@ -30,6 +31,7 @@ keyed on (D, metric, dtype, mode); B, K, T and M are runtime arguments.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -143,7 +145,7 @@ if triton is not None:
 
 
 # ---------------------------------------------------------------------------------------- norms
-_NORM_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+_NORM_CACHE: "OrderedDict[tuple, tuple[weakref.ref, torch.Tensor, torch.Tensor]]" = OrderedDict()
 _NORM_CACHE_SIZE = 8
 
 
@@ -153,22 +155,30 @@ def clear_norm_cache() -> None:
 
 
 def _norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(||c||^2 or ||c^||^2, 1/max(|c|, eps)) as contiguous (M, T', K) fp32, cached per codebook version."""
-    key = (cb.data_ptr(), cb._version, tuple(cb.shape), tuple(cb.stride()), cb.dtype, cb.device, metric)
+    """(||c||^2 or ||c^||^2, 1/max(|c|, eps)) as contiguous (M, T', K) fp32, cached per codebook version.
+
+    ``cb`` must be the caller's codebook (not a converted copy). An entry is keyed on its storage
+    address, offset, shape, strides, dtype and version counter, and holds a weak reference to the
+    storage: once that storage is freed the entry can never match, even if the allocator hands the
+    same address to a new tensor.
+    """
+    storage = cb.untyped_storage()
+    key = (storage.data_ptr(), cb.storage_offset(), cb._version, tuple(cb.shape), tuple(cb.stride()),
+           cb.dtype, cb.device, metric)
     hit = _NORM_CACHE.get(key)
-    if hit is not None:
+    if hit is not None and hit[0]() is storage:
         _NORM_CACHE.move_to_end(key)
-        return hit
+        return hit[1], hit[2]
     norm = torch.linalg.vector_norm(cb.float(), dim=-1)
     if metric == "cosine":
         inv = 1.0 / norm.clamp_min(1e-12)  # F.normalize's eps
         sq = (norm * inv).square()
     else:
         inv, sq = norm.new_empty(0), norm.square()
-    _NORM_CACHE[key] = (sq.contiguous(), inv.contiguous())
+    _NORM_CACHE[key] = (weakref.ref(storage), sq.contiguous(), inv.contiguous())
     if len(_NORM_CACHE) > _NORM_CACHE_SIZE:
         _NORM_CACHE.popitem(last=False)
-    return _NORM_CACHE[key]
+    return sq.contiguous(), inv.contiguous()
 
 
 # ---------------------------------------------------------------------------------------- launch
@@ -180,8 +190,9 @@ def _num_splits(programs: int, K: int, block_k: int, device: torch.device) -> in
     return max(1, min(triton.cdiv(K, block_k * 8), triton.cdiv(target, max(programs, 1))))
 
 
-def _launch(xt: torch.Tensor, cb: torch.Tensor, grp: torch.Tensor | None, metric: str, g0: int, groups_here: int):
-    """xt: (T', R, D) prepared rows; cb: (M, T', K, D). Returns (val, idx) of shape (G, T', R)."""
+def _launch(xt: torch.Tensor, cb: torch.Tensor, norms, grp: torch.Tensor | None, metric: str, g0: int, groups_here: int):
+    """xt: (T', R, D) prepared rows; cb: (M, T', K, D); norms: from :func:`_norms` of the caller's
+    codebook. Returns (val, idx) of shape (G, T', R)."""
     Tp, R, D = xt.shape
     K = cb.shape[2]
     half = xt.dtype in (torch.float16, torch.bfloat16)
@@ -191,7 +202,7 @@ def _launch(xt: torch.Tensor, cb: torch.Tensor, grp: torch.Tensor | None, metric
     splits = _num_splits(grid_r * Tp * groups_here, K, block_k, xt.device)
     per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
     splits = triton.cdiv(K, per_split)
-    cn, inv = _norms(cb, metric)
+    cn, inv = norms
     val = torch.empty(splits * groups_here, Tp, R, dtype=torch.float32, device=xt.device)
     idx = torch.empty(splits * groups_here, Tp, R, dtype=torch.long, device=xt.device)
     grid = (grid_r, Tp, groups_here * splits)
@@ -233,7 +244,7 @@ def triton_fixed_groups(x: torch.Tensor, cb: torch.Tensor, groups: torch.Tensor 
         xt, grp = xs.reshape(1, B * T, D), gs.repeat_interleave(T)
     else:
         xt, grp = xs.transpose(0, 1), gs
-    _, idx = _launch(xt.contiguous(), cbk.contiguous(), grp.to(torch.int32).contiguous(), metric, 0, 1)
+    _, idx = _launch(xt.contiguous(), cbk.contiguous(), _norms(cb, metric), grp.to(torch.int32).contiguous(), metric, 0, 1)
     idx = idx[0].reshape(B, T) if Tp == 1 else idx[0].transpose(0, 1)
     indices = torch.empty_like(idx)
     indices[order] = idx
@@ -249,12 +260,13 @@ def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_bud
     xp, cbk = _kernel_inputs(x, cb, metric)
     xt = (xp.reshape(1, B * T, D) if Tp == 1 else xp.transpose(0, 1)).contiguous()
     cbk = cbk.contiguous()
+    norms = _norms(cb, metric)
     step = max(1, min(M, memory_budget // max(1, 24 * B * T)))  # (G, B, T) ints, floats and codes per chunk
 
     def chunks():
         for g0 in range(0, M, step):
             g1 = min(M, g0 + step)
-            _, idx = _launch(xt, cbk, None, metric, g0, g1 - g0)
+            _, idx = _launch(xt, cbk, norms, None, metric, g0, g1 - g0)
             idx = idx.reshape(g1 - g0, B, T) if Tp == 1 else idx.transpose(1, 2)
             dist = torch.stack([_exact(x, cb, torch.full((B,), g, dtype=torch.long, device=x.device), idx[g - g0], metric)
                                 for g in range(g0, g1)])

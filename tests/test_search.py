@@ -182,3 +182,20 @@ def test_nan_and_inf_are_refused_inside_the_op():
     with pytest.raises(ValueError, match="NaN or Inf"):
         nearest_group(z, torch.randn(2, 1, 5, 4))
     assert nearest_codeword(z, torch.randn(5, 4), check_finite=False).indices.shape == (2, 3)
+
+
+def test_finite_check_stays_within_budget_measured():
+    """Regression: torch.isfinite(z).all() allocated ~1.6x |z| beside the search's budget."""
+    from torch.profiler import ProfilerActivity, profile
+
+    budget = 1 << 20
+    z = torch.randn(256, 64, 64)  # 4 MiB of input, 4x the budget
+    cb = torch.randn(64, 128, 64)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        nearest_codeword(z, cb, memory_budget=budget)
+        nearest_group(z, cb[None], memory_budget=budget)
+    biggest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < biggest <= budget, biggest
+    z[3, 2, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nearest_codeword(z, cb, memory_budget=budget)

@@ -134,6 +134,37 @@ def test_norm_cache_is_reused_and_invalidated_by_in_place_updates():
     assert len(triton_search._NORM_CACHE) == 2
 
 
+def test_norm_cache_never_matches_a_freed_codebook_at_a_reused_address():
+    """Regression: a key of (address, version, shape) alone can match a new tensor the allocator put at
+    a freed codebook's address; the storage weak reference rules that out."""
+    triton_search.clear_norm_cache()
+    z, cb, _ = _problem(2, 3, 1, True, 40, 8, torch.float32, seed=5)
+    triton_search._norms(cb, "l2")
+    (key, (ref, _, _)), = triton_search._NORM_CACHE.items()
+    assert ref() is cb.untyped_storage()
+    del cb
+    import gc
+
+    gc.collect()
+    assert ref() is None  # the entry can no longer be returned, whatever lands at that address
+    fresh = torch.randn(1, 3, 40, 8).to(DEVICE)
+    sq, _ = triton_search._norms(fresh, "l2")
+    assert torch.allclose(sq, fresh.square().sum(-1))
+
+
+def test_norms_are_keyed_on_the_callers_codebook_not_a_converted_copy():
+    """Regression: half codebooks with cosine were converted to fp32 before keying; the fresh copy
+    (version 0) could match after an in-place update of the original."""
+    triton_search.clear_norm_cache()
+    z, cb, _ = _problem(2, 3, 1, True, 40, 8, torch.float16, seed=6)
+    first = nearest_codeword(z, cb, metric="cosine", backend="triton")
+    with torch.no_grad():
+        cb.mul_(-1)
+    got = nearest_codeword(z, cb, metric="cosine", backend="triton")
+    want = nearest_codeword(z, cb, metric="cosine", backend="torch")
+    assert torch.equal(got.indices, want.indices) and not torch.equal(got.indices, first.indices)
+
+
 @pytest.mark.parametrize("dim", [1, 3, 8, 12, 16, 17, 64, 100, 256, 1000])
 @pytest.mark.parametrize("rows", [1, 16, 17, 33, 10_000])
 def test_block_shapes_are_legal_on_a_gpu(rows, dim):
