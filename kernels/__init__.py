@@ -22,12 +22,12 @@ data (NaN/Inf inputs, group range) run inside the op, at run time, and still rai
 """
 from __future__ import annotations
 
-import sys
 from typing import NamedTuple
 
 import torch
 
 from . import ops as _ops
+from .norms import clear_norm_cache
 from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
 
 __all__ = [
@@ -98,14 +98,6 @@ def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, 
     if cb.device != z.device:
         raise ValueError(f"z is on {z.device} but codebooks are on {cb.device}")
     return cb
-
-
-def clear_norm_cache() -> None:
-    """Forget the Triton backend's cached codebook norms (needed only after writes through ``.data``,
-    which bypass the version counter the cache is keyed on)."""
-    mod = sys.modules.get(__name__ + ".triton_search")
-    if mod is not None:
-        mod.clear_norm_cache()
 
 
 def resolve_backend(backend: str, z: torch.Tensor, codebooks: torch.Tensor) -> str:

@@ -28,6 +28,8 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .norms import codebook_norms
+
 __all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "TARGET_ELEMENTS", "TilePlan", "plan_tiles", "search_fixed_groups", "search_all_groups"]
 
 #: Bytes of temporary memory the search may hold at once (score tile plus its temporaries).
@@ -70,7 +72,7 @@ def plan_tiles(groups: int, tokens: int, rows: int, codes: int, dim: int, memory
 
 
 #: Working-set target per step in fp32 elements: cache-sized on CPU, large on GPU.
-TARGET_ELEMENTS = {"cpu": 2**19, "cuda": 2**25}
+TARGET_ELEMENTS = {"cpu": 2**21, "cuda": 2**25}
 
 
 def _ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
@@ -82,11 +84,12 @@ def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
     return F.normalize(x, dim=-1) if metric == "cosine" else x
 
 
-def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, metric: str, plan: TilePlan) -> torch.Tensor:
+def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str,
+                  plan: TilePlan) -> torch.Tensor:
     """Nearest code per (group, token, row).
 
     xt: (1, t, R, D) prepared tokens (normalised for "cosine"), compute dtype
-    cb: (g, t, K, D) codebooks (raw), any float dtype
+    cb: (g, t, K, D) codebooks (raw); sq, inv: (g, t, K) their cached norms (see norms.py)
     returns (g, t, R) int64
     """
     g, t, K, _ = cb.shape
@@ -96,15 +99,18 @@ def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, metric: str, plan: TilePla
         xr = xt[:, :, r0:r1]
         best_val = best_idx = None
         for k0, k1 in _ranges(K, plan.codes):
-            c = _prepare(cb[:, :, k0:k1].to(xt.dtype), metric)  # (g, t, k, D)
+            c = cb[:, :, k0:k1].to(xt.dtype)  # (g, t, k, D)
             if metric == "dot":
                 score = torch.matmul(xr, c.transpose(-1, -2)).neg_()
-            elif g == 1:  # ||c||^2 - 2 <x, c> in one fused call; ||x||^2 is constant per row
-                cn = torch.linalg.vector_norm(c[0], dim=-1).square_().unsqueeze(-2)
-                score = torch.baddbmm(cn, xr[0], c[0].transpose(-1, -2), alpha=-2).unsqueeze(0)
-            else:
-                cn = torch.linalg.vector_norm(c, dim=-1).square_().unsqueeze(-2)
-                score = torch.matmul(xr, c.transpose(-1, -2)).mul_(-2).add_(cn)
+            else:  # ||c||^2 - 2 <x, c> (cosine: <x, c> / |c|); ||x||^2 is constant per row
+                cn = sq[:, :, k0:k1].to(xt.dtype).unsqueeze(-2)
+                if metric == "l2" and g == 1:
+                    score = torch.baddbmm(cn[0], xr[0], c[0].transpose(-1, -2), alpha=-2).unsqueeze(0)
+                else:
+                    dots = torch.matmul(xr, c.transpose(-1, -2))
+                    if metric == "cosine":
+                        dots.mul_(inv[:, :, k0:k1].to(xt.dtype).unsqueeze(-2))
+                    score = dots.mul_(-2).add_(cn)
             idx = score.argmin(-1, keepdim=True)  # first minimum: lowest index wins ties
             val = score.gather(-1, idx).squeeze(-1)
             idx = idx.squeeze(-1).add_(k0)
@@ -141,8 +147,9 @@ def _from_token_layout(v: torch.Tensor, B: int, T: int, shared: bool) -> torch.T
     return v.reshape(v.shape[0], B, T) if shared else v.transpose(1, 2)
 
 
-def _search_group_block(x: torch.Tensor, cb: torch.Tensor, metric: str, budget: int):
-    """All images x (B, T, D) against groups cb (G, T', K, D): (indices (G, B, T), distances (G, B, T))."""
+def _search_group_block(x: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str, budget: int):
+    """All images x (B, T, D) against groups cb (G, T', K, D) with norms sq, inv (G, T', K):
+    (indices (G, B, T), distances (G, B, T))."""
     B, T, D = x.shape
     G, Tp, K, _ = cb.shape
     shared = Tp == 1
@@ -154,7 +161,8 @@ def _search_group_block(x: torch.Tensor, cb: torch.Tensor, metric: str, budget: 
     for g0, g1 in _ranges(G, plan.groups):
         for t0, t1 in _ranges(Tp, plan.tokens):
             sub = cb[g0:g1, t0:t1]
-            i = _argmin_codes(xt[:, t0:t1], sub, metric, plan)  # (g, t, R)
+            norms = [n[g0:g1, t0:t1] if n.numel() else n for n in (sq, inv)]
+            i = _argmin_codes(xt[:, t0:t1], sub, *norms, metric, plan)  # (g, t, R)
             idx[g0:g1, t0:t1] = i
             for r0, r1 in _ranges(R, plan.rows):
                 ii = i[:, :, r0:r1]
@@ -174,10 +182,15 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
     B, T, D = x.shape
     M = codebooks.shape[0]
     dtype = _compute_dtype(x, codebooks)
+    sq, inv = codebook_norms(codebooks, metric)
+
+    def part(n, g):
+        return n[g:g + 1] if n.numel() else n
+
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
         if M == 1 or groups is None:
-            i, d = _search_group_block(x, codebooks[:1], metric, memory_budget)
+            i, d = _search_group_block(x, codebooks[:1], part(sq, 0), part(inv, 0), metric, memory_budget)
             return i[0], d[0]
         indices = torch.empty(B, T, dtype=torch.long, device=x.device)
         dists = torch.empty(B, T, dtype=dtype, device=x.device)
@@ -187,7 +200,7 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
         for g, n in enumerate(counts):  # one bucket per group present in the batch
             if n:
                 sel = order[start:start + n]
-                i, d = _search_group_block(x[sel], codebooks[g:g + 1], metric, memory_budget)
+                i, d = _search_group_block(x[sel], codebooks[g:g + 1], part(sq, g), part(inv, g), metric, memory_budget)
                 indices[sel], dists[sel] = i[0], d[0]
                 start += n
         return indices, dists
@@ -228,11 +241,13 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
     B, T, D = x.shape
     M, Tp, K, _ = codebooks.shape
     dtype = _compute_dtype(x, codebooks)
+    sq, inv = codebook_norms(codebooks, metric)
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
         # bound the (g, B, T) index/distance blocks held per step to the budget as well
         step = max(1, min(M, plan_tiles(M, Tp, B * T // Tp, K, D, memory_budget).groups,
                           (memory_budget // 16) // max(1, B * T)))
-        chunks = ((g0, *_search_group_block(x, codebooks[g0:g1], metric, memory_budget))
+        chunks = ((g0, *_search_group_block(x, codebooks[g0:g1], sq[g0:g1] if sq.numel() else sq,
+                                            inv[g0:g1] if inv.numel() else inv, metric, memory_budget))
                   for g0, g1 in _ranges(M, step))
         return _pick_best_groups(chunks, B, T, M, dtype, x.device)

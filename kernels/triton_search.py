@@ -13,10 +13,7 @@ running minimum and argmin per row in registers; no distance ever reaches memory
   reduces per-group errors in torch, in a fixed order (deterministic, ties to the lowest group).
 
 Scores: l2 ``||c||^2 - 2 x.c``; cosine ``||c^||^2 - 2 x^.c / |c|`` (x normalised by the launcher);
-dot ``-x.c``. ``||c||^2`` and ``1/|c|`` are computed once per codebook version (keyed on the
-caller's tensor: storage, offset, shape, strides, dtype and autograd version counter, which every
-in-place update bumps, plus a weak reference to the storage so a freed address never matches;
-writes through ``.data`` bypass the version counter: call :func:`clear_norm_cache` then).
+dot ``-x.c``. ``||c||^2`` and ``1/|c|`` come from ``norms.py``: computed once per codebook version.
 
 Precision: fp32 inputs use ``tl.dot(input_precision="ieee")`` (no TF32); fp16/bf16 inputs use the
 tensor cores with fp32 accumulation (products of half values are exact in fp32). Ties go to the
@@ -31,12 +28,11 @@ keyed on (D, metric, dtype, mode); B, K, T and M are runtime arguments.
 from __future__ import annotations
 
 import os
-import weakref
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
+from .norms import clear_norm_cache, codebook_norms as _norms
 from .torch_search import _compute_dtype, _distance, _prepare
 
 try:  # triton is optional: the torch path serves when it is missing
@@ -142,43 +138,6 @@ if triton is not None:
         out = (slot.to(tl.int64) * Tp + t) * R + rows
         tl.store(val_ptr + out, best_val, mask=rmask)
         tl.store(idx_ptr + out, best_idx, mask=rmask)
-
-
-# ---------------------------------------------------------------------------------------- norms
-_NORM_CACHE: "OrderedDict[tuple, tuple[weakref.ref, torch.Tensor, torch.Tensor]]" = OrderedDict()
-_NORM_CACHE_SIZE = 8
-
-
-def clear_norm_cache() -> None:
-    """Forget every cached codebook norm (needed only after writes through ``.data``)."""
-    _NORM_CACHE.clear()
-
-
-def _norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(||c||^2 or ||c^||^2, 1/max(|c|, eps)) as contiguous (M, T', K) fp32, cached per codebook version.
-
-    ``cb`` must be the caller's codebook (not a converted copy). An entry is keyed on its storage
-    address, offset, shape, strides, dtype and version counter, and holds a weak reference to the
-    storage: once that storage is freed the entry can never match, even if the allocator hands the
-    same address to a new tensor.
-    """
-    storage = cb.untyped_storage()
-    key = (storage.data_ptr(), cb.storage_offset(), cb._version, tuple(cb.shape), tuple(cb.stride()),
-           cb.dtype, cb.device, metric)
-    hit = _NORM_CACHE.get(key)
-    if hit is not None and hit[0]() is storage:
-        _NORM_CACHE.move_to_end(key)
-        return hit[1], hit[2]
-    norm = torch.linalg.vector_norm(cb.float(), dim=-1)
-    if metric == "cosine":
-        inv = 1.0 / norm.clamp_min(1e-12)  # F.normalize's eps
-        sq = (norm * inv).square()
-    else:
-        inv, sq = norm.new_empty(0), norm.square()
-    _NORM_CACHE[key] = (weakref.ref(storage), sq.contiguous(), inv.contiguous())
-    if len(_NORM_CACHE) > _NORM_CACHE_SIZE:
-        _NORM_CACHE.popitem(last=False)
-    return sq.contiguous(), inv.contiguous()
 
 
 # ---------------------------------------------------------------------------------------- launch

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 from vqswitch import SwitchableTokenQuantizer  # noqa: E402
-from vqswitch.kernels import nearest_codeword, nearest_group, triton_search  # noqa: E402
+from vqswitch.kernels import nearest_codeword, nearest_group, norms, triton_search  # noqa: E402
 
 import reference  # noqa: E402
 
@@ -120,27 +120,27 @@ def test_split_k_matches_unsplit(monkeypatch):
 
 
 def test_norm_cache_is_reused_and_invalidated_by_in_place_updates():
-    triton_search.clear_norm_cache()
+    norms.clear_norm_cache()
     z, cb, _ = _problem(2, 3, 1, True, 40, 8, torch.float32, seed=4)
     cb = torch.nn.Parameter(cb)
     nearest_codeword(z, cb.detach(), backend="triton")
     nearest_codeword(z, cb.detach(), backend="triton")
-    assert len(triton_search._NORM_CACHE) == 1  # the second call hit the cache
+    assert len(norms._CACHE) == 1  # the second call hit the cache
     with torch.no_grad():  # what an optimizer step does: an in-place update bumps the version counter
         cb.mul_(-1.0).add_(0.5)
     got = nearest_codeword(z, cb.detach(), backend="triton")
     want = nearest_codeword(z, cb.detach(), backend="torch")
     assert torch.equal(got.indices, want.indices)
-    assert len(triton_search._NORM_CACHE) == 2
+    assert len(norms._CACHE) == 2
 
 
 def test_norm_cache_never_matches_a_freed_codebook_at_a_reused_address():
     """Regression: a key of (address, version, shape) alone can match a new tensor the allocator put at
     a freed codebook's address; the storage weak reference rules that out."""
-    triton_search.clear_norm_cache()
+    norms.clear_norm_cache()
     z, cb, _ = _problem(2, 3, 1, True, 40, 8, torch.float32, seed=5)
-    triton_search._norms(cb, "l2")
-    (key, (ref, _, _)), = triton_search._NORM_CACHE.items()
+    norms.codebook_norms(cb, "l2")
+    (key, (ref, _, _)), = norms._CACHE.items()
     assert ref() is cb.untyped_storage()
     del cb
     import gc
@@ -148,14 +148,14 @@ def test_norm_cache_never_matches_a_freed_codebook_at_a_reused_address():
     gc.collect()
     assert ref() is None  # the entry can no longer be returned, whatever lands at that address
     fresh = torch.randn(1, 3, 40, 8).to(DEVICE)
-    sq, _ = triton_search._norms(fresh, "l2")
+    sq, _ = norms.codebook_norms(fresh, "l2")
     assert torch.allclose(sq, fresh.square().sum(-1))
 
 
 def test_norms_are_keyed_on_the_callers_codebook_not_a_converted_copy():
     """Regression: half codebooks with cosine were converted to fp32 before keying; the fresh copy
     (version 0) could match after an in-place update of the original."""
-    triton_search.clear_norm_cache()
+    norms.clear_norm_cache()
     z, cb, _ = _problem(2, 3, 1, True, 40, 8, torch.float16, seed=6)
     first = nearest_codeword(z, cb, metric="cosine", backend="triton")
     with torch.no_grad():

@@ -1,0 +1,54 @@
+"""Codebook norms, computed once per codebook version and shared by every backend.
+
+For each code c of a (M, T', K, D) codebook: ``sq = ||c||^2`` ("l2"), or ``sq = ||c/|c| ||^2`` and
+``inv = 1 / max(|c|, 1e-12)`` ("cosine", F.normalize's eps); "dot" needs neither.
+
+An entry is keyed on the caller's tensor: storage address, offset, shape, strides, dtype and its
+autograd version counter (bumped by every in-place update, such as an optimizer step), and holds a
+weak reference to the storage, so a freed codebook never matches, even if the allocator gives its
+address to a new tensor. Entries of freed codebooks are dropped. Writes through ``.data`` bypass the
+version counter: call :func:`clear_norm_cache` after those.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+
+import torch
+
+__all__ = ["codebook_norms", "clear_norm_cache"]
+
+_CACHE: "OrderedDict[tuple, tuple[weakref.ref, torch.Tensor, torch.Tensor]]" = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def clear_norm_cache() -> None:
+    """Forget every cached codebook norm."""
+    _CACHE.clear()
+
+
+def codebook_norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cb: (M, T', K, D) float -> (sq (M, T', K), inv (M, T', K) or empty), fp32 (fp64 for fp64 books)."""
+    if metric == "dot":
+        empty = cb.new_empty(0, dtype=torch.float32)
+        return empty, empty
+    storage = cb.untyped_storage()
+    key = (storage.data_ptr(), cb.storage_offset(), cb._version, tuple(cb.shape), tuple(cb.stride()),
+           cb.dtype, cb.device, metric)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is storage:
+        _CACHE.move_to_end(key)
+        return hit[1], hit[2]
+    dtype = torch.float64 if cb.dtype == torch.float64 else torch.float32
+    norm = torch.linalg.vector_norm(cb.to(dtype), dim=-1)
+    if metric == "cosine":
+        inv = 1.0 / norm.clamp_min(1e-12)
+        sq = (norm * inv).square()
+    else:
+        inv, sq = norm.new_empty(0), norm.square()
+    for k in [k for k, v in _CACHE.items() if v[0]() is None]:  # codebooks that are gone
+        del _CACHE[k]
+    _CACHE[key] = (weakref.ref(storage), sq, inv)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return sq, inv
