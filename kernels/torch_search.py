@@ -9,7 +9,8 @@ Distances (what the search minimises, and what it reports):
     "cosine": ||x/|x| - c/|c| ||^2  (= 2 - 2 cos when neither is zero; TiTok's rule)
     "dot":    -<x, c>               (the largest inner product wins; IBQ's rule)
 
-Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. Work is cut into
+Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. Codebook norms are
+cached per codebook version (norms.py) when they fit a quarter of the budget, else computed per tile. Work is cut into
 tiles of (groups, tokens, rows, codes) whose fp32 score tile has at most ``memory_budget // 8``
 elements (half the budget in bytes, the other half covers the matmul's own temporaries and the
 gathered codes), with a running minimum and argmin carried across code tiles. Ties break toward
@@ -89,7 +90,8 @@ def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: tor
     """Nearest code per (group, token, row).
 
     xt: (1, t, R, D) prepared tokens (normalised for "cosine"), compute dtype
-    cb: (g, t, K, D) codebooks (raw); sq, inv: (g, t, K) their cached norms (see norms.py)
+    cb: (g, t, K, D) codebooks (raw); sq, inv: (g, t, K) their cached norms (see norms.py), or empty
+        tensors to compute each tile's norms on the fly
     returns (g, t, R) int64
     """
     g, t, K, _ = cb.shape
@@ -103,13 +105,19 @@ def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: tor
             if metric == "dot":
                 score = torch.matmul(xr, c.transpose(-1, -2)).neg_()
             else:  # ||c||^2 - 2 <x, c> (cosine: <x, c> / |c|); ||x||^2 is constant per row
-                cn = sq[:, :, k0:k1].to(xt.dtype).unsqueeze(-2)
+                if sq.numel():
+                    cn = sq[:, :, k0:k1].to(xt.dtype).unsqueeze(-2)
+                    ic = inv[:, :, k0:k1].to(xt.dtype).unsqueeze(-2) if metric == "cosine" else None
+                else:  # norms not cached (they would not fit the budget): this tile's, on the fly
+                    nrm = torch.linalg.vector_norm(c, dim=-1).unsqueeze(-2)
+                    ic = 1.0 / nrm.clamp_min(1e-12) if metric == "cosine" else None
+                    cn = (nrm * ic).square_() if metric == "cosine" else nrm.square_()
                 if metric == "l2" and g == 1:
                     score = torch.baddbmm(cn[0], xr[0], c[0].transpose(-1, -2), alpha=-2).unsqueeze(0)
                 else:
                     dots = torch.matmul(xr, c.transpose(-1, -2))
                     if metric == "cosine":
-                        dots.mul_(inv[:, :, k0:k1].to(xt.dtype).unsqueeze(-2))
+                        dots.mul_(ic)
                     score = dots.mul_(-2).add_(cn)
             idx = score.argmin(-1, keepdim=True)  # first minimum: lowest index wins ties
             val = score.gather(-1, idx).squeeze(-1)
@@ -171,6 +179,16 @@ def _search_group_block(x: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv
     return _from_token_layout(idx, B, T, shared), _from_token_layout(dist, B, T, shared)
 
 
+def _norms_within_budget(codebooks: torch.Tensor, metric: str, memory_budget: int):
+    """Cached norms (norms.py) when they take at most a quarter of the budget, else empty tensors
+    (each tile then computes its own): the cache is memory the budget must account for."""
+    nbytes = codebooks.shape[0] * codebooks.shape[1] * codebooks.shape[2] * 4 * (2 if metric == "cosine" else 1)
+    if metric == "dot" or nbytes > memory_budget // 4:
+        empty = codebooks.new_empty(0, dtype=torch.float32)
+        return empty, empty
+    return codebook_norms(codebooks, metric)
+
+
 def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, metric: str,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of each token in the codebook of its image's group.
@@ -182,7 +200,7 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
     B, T, D = x.shape
     M = codebooks.shape[0]
     dtype = _compute_dtype(x, codebooks)
-    sq, inv = codebook_norms(codebooks, metric)
+    sq, inv = _norms_within_budget(codebooks, metric, memory_budget)
 
     def part(n, g):
         return n[g:g + 1] if n.numel() else n
@@ -241,7 +259,7 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
     B, T, D = x.shape
     M, Tp, K, _ = codebooks.shape
     dtype = _compute_dtype(x, codebooks)
-    sq, inv = codebook_norms(codebooks, metric)
+    sq, inv = _norms_within_budget(codebooks, metric, memory_budget)
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
         # bound the (g, B, T) index/distance blocks held per step to the budget as well
