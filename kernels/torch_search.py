@@ -9,12 +9,15 @@ Distances (what the search minimises, and what it reports):
     "cosine": ||x/|x| - c/|c| ||^2  (= 2 - 2 cos when neither is zero; TiTok's rule)
     "dot":    -<x, c>               (the largest inner product wins; IBQ's rule)
 
-Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. Codebook norms are
-cached per codebook version (norms.py) when they fit a quarter of the budget, else computed per tile. Work is cut into
-tiles of (groups, tokens, rows, codes) whose fp32 score tile has at most ``memory_budget // 8``
-elements (half the budget in bytes, the other half covers the matmul's own temporaries and the
-gathered codes), with a running minimum and argmin carried across code tiles. Ties break toward
-the lowest code index (first minimum inside a tile, strict ``<`` across tiles) and the lowest group.
+Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. ``memory_budget``
+bounds everything the search allocates beyond its inputs and outputs, in fixed shares: score tiles
+of (groups, tokens, rows, codes) of at most ``memory_budget // 16`` fp32 elements (a quarter), the
+matmul's and argmin's temporaries (a quarter), cached codebook norms (at most an eighth, else they
+are computed per tile; see norms.py), and the per-group index/distance blocks of "nearest"
+selection (a quarter). The one exception is input-sized: with several groups, the images of each
+group are gathered into a copy (at most one copy of z, O(B*T*D)). A running minimum and argmin are
+carried across code tiles. Ties break toward the lowest code index (first minimum inside a tile,
+strict ``<`` across tiles) and the lowest group.
 
 Precision: the search runs in float32 (float64 when any input is float64), with autocast off,
 whatever the input dtype. Scores use ||c||^2 - 2<x, c> (||x||^2 is constant per row); the reported
@@ -33,7 +36,7 @@ from .norms import codebook_norms
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "TARGET_ELEMENTS", "TilePlan", "plan_tiles", "search_fixed_groups", "search_all_groups"]
 
-#: Bytes of temporary memory the search may hold at once (score tile plus its temporaries).
+#: Bytes the search may allocate beyond its inputs, outputs and one copy of z (see the module docstring).
 DEFAULT_MEMORY_BUDGET = 32 * 2**20
 METRICS = ("l2", "cosine", "dot")
 
@@ -57,11 +60,12 @@ def plan_tiles(groups: int, tokens: int, rows: int, codes: int, dim: int, memory
 
     The working set of one step, score tile (g*t*r*k) plus code tile (g*t*k*D) plus token and
     gathered-code tiles (g*t*r*D), is kept within ``target_elements`` (a cache-sized default on
-    CPU, larger on GPU) and never above ``memory_budget // 8`` fp32 elements (half the budget; the
-    rest covers the matmul's temporaries). Prefers whole codebooks, then rows, tokens and groups.
+    CPU, larger on GPU) and never above ``memory_budget // 16`` fp32 elements (a quarter of the
+    budget; another quarter covers the matmul's and argmin's temporaries). Prefers whole codebooks,
+    then rows, tokens and groups.
     Every extent is at least 1, so a tiny budget still makes progress.
     """
-    cap = max(1, int(memory_budget) // 8)
+    cap = max(1, int(memory_budget) // 16)
     elems = min(cap, target_elements) if target_elements else cap
     r0 = max(1, min(rows, 64))
     k = min(codes, max(1, elems // (r0 + dim)))
@@ -180,10 +184,10 @@ def _search_group_block(x: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv
 
 
 def _norms_within_budget(codebooks: torch.Tensor, metric: str, memory_budget: int):
-    """Cached norms (norms.py) when they take at most a quarter of the budget, else empty tensors
+    """Cached norms (norms.py) when they take at most an eighth of the budget, else empty tensors
     (each tile then computes its own): the cache is memory the budget must account for."""
     nbytes = codebooks.shape[0] * codebooks.shape[1] * codebooks.shape[2] * 4 * (2 if metric == "cosine" else 1)
-    if metric == "dot" or nbytes > memory_budget // 4:
+    if metric == "dot" or nbytes > memory_budget // 8:
         empty = codebooks.new_empty(0, dtype=torch.float32)
         return empty, empty
     return codebook_norms(codebooks, metric)
@@ -264,7 +268,7 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
         x = x.to(dtype)
         # bound the (g, B, T) index/distance blocks held per step to the budget as well
         step = max(1, min(M, plan_tiles(M, Tp, B * T // Tp, K, D, memory_budget).groups,
-                          (memory_budget // 16) // max(1, B * T)))
+                          (memory_budget // 64) // max(1, B * T)))  # (g, B, T) int64 + float: <= budget / 4
         chunks = ((g0, *_search_group_block(x, codebooks[g0:g1], sq[g0:g1] if sq.numel() else sq,
                                             inv[g0:g1] if inv.numel() else inv, metric, memory_budget))
                   for g0, g1 in _ranges(M, step))

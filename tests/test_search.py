@@ -124,7 +124,7 @@ def test_low_and_high_precision_inputs_search_in_fp32_or_better(dtype):
 def test_tile_plan_respects_the_budget(groups, tokens, rows, codes, dim, budget):
     p = plan_tiles(groups, tokens, rows, codes, dim, budget)
     assert 1 <= p.groups <= groups and 1 <= p.tokens <= tokens and 1 <= p.rows <= rows and 1 <= p.codes <= codes
-    cap = max(1, budget // 8)
+    cap = max(1, budget // 16)
     if cap >= rows + dim:  # room for more than one element per extent: the tile fits the cap
         assert p.elements <= cap
 
