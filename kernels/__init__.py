@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import ops as _ops
+from . import ops as _ops  # noqa: F401  (importing it registers the torch.ops.vqswitch custom ops)
 from .norms import clear_norm_cache
 from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
 

@@ -30,10 +30,9 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from .norms import clear_norm_cache, codebook_norms as _norms
-from .torch_search import _compute_dtype, _distance, _prepare
+from .torch_search import _distance, _prepare
 
 try:  # triton is optional: the torch path serves when it is missing
     import triton

@@ -2,7 +2,6 @@
 import os
 import tempfile
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
