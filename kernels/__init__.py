@@ -26,13 +26,14 @@ from typing import NamedTuple
 
 import torch
 
-from . import ops as _ops  # noqa: F401  (importing it registers the torch.ops.vqswitch custom ops)
+from .ops import all_finite  # importing ops also registers the torch.ops.vqswitch custom ops
 from .norms import clear_norm_cache
 from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET", "METRICS", "BACKENDS", "SearchResult", "GroupSearchResult",
     "nearest_codeword", "nearest_group", "as_grouped_codebooks", "plan_tiles", "resolve_backend", "clear_norm_cache",
+    "all_finite",
 ]
 
 BACKENDS = ("auto", "torch", "triton")

@@ -13,14 +13,14 @@ import torch
 
 from .torch_search import search_all_groups, search_fixed_groups
 
-__all__: list[str] = []
+__all__ = ["all_finite"]
 
 
 def _out_dtype(z: torch.Tensor, cb: torch.Tensor, backend: str) -> torch.dtype:
     return torch.float64 if backend == "torch" and torch.float64 in (z.dtype, cb.dtype) else torch.float32
 
 
-def _all_finite(z: torch.Tensor, memory_budget: int) -> bool:
+def all_finite(z: torch.Tensor, memory_budget: int) -> bool:
     """torch.isfinite(z).all() without its ~1.6x|z| temporaries: chunks within the budget, one sync."""
     flat = z.reshape(-1)
     step = max(1, memory_budget // (2 * max(z.element_size(), 4)))
@@ -29,7 +29,7 @@ def _all_finite(z: torch.Tensor, memory_budget: int) -> bool:
 
 def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups: int, check_finite: bool,
                     memory_budget: int) -> None:
-    if check_finite and z.numel() and not _all_finite(z, memory_budget):
+    if check_finite and z.numel() and not all_finite(z, memory_budget):
         raise ValueError("z contains NaN or Inf values")
     if groups is not None and groups.numel():
         lo, hi = int(groups.min()), int(groups.max())

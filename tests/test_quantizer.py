@@ -308,3 +308,13 @@ def test_bits_and_bpp_follow_the_formula():
     assert q.bits_per_image == 128 * 10 + 4
     assert q.bpp(256, 256) == pytest.approx(1284 / 65536)
     assert "bits_per_image=1284" in repr(q)
+
+
+def test_initialisation_entry_points_refuse_non_finite_latents():
+    q = SwitchableTokenQuantizer(num_tokens=4, codebook_size=8, dim=2)
+    z = torch.randn(6, 4, 2)
+    z[5, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q.init_from_latents(z)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q.revive_dead_codes(z)

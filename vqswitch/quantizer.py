@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
 from vqswitch import bits as _bits
-from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, nearest_codeword, nearest_group
+from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest_codeword, nearest_group
 
 from .atomic import atomic_directory
 from .codebooks import Utilization, codebooks_from_latents, reduce_codebook, utilization
@@ -221,7 +221,7 @@ class SwitchableTokenQuantizer(
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
         if z.shape[1] != self.num_tokens or z.shape[2] != self.dim:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
-        if finite and self.check_finite and z.numel() and not bool(torch.isfinite(z).all()):
+        if finite and self.check_finite and z.numel() and not all_finite(z, self.memory_budget):
             raise ValueError("z contains NaN or Inf values")
         return z
 
