@@ -20,10 +20,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["vqswitch", "vqswitch.adapters", "vqswitch.kernels"],
+    packages=["vqswitch", "vqswitch.adapters", "vqswitch.adapters.models", "vqswitch.kernels"],
     package_dir={
         "vqswitch": "vqswitch",
         "vqswitch.adapters": "adapters",
+        "vqswitch.adapters.models": "adapters/models",
         "vqswitch.kernels": "kernels",
     },
     install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23"],

@@ -13,3 +13,5 @@ if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1" and n
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from hubcache import offline_cache  # noqa: E402,F401  (pytest fixture for every test module)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
-from huggingface_hub import constants as hf_constants
 
+from hubcache import COMMIT, make_cached_repo
 from vqswitch import SwitchableTokenQuantizer
 
 CKPT_FILES = {"config.json", "model.safetensors", "README.md"}
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 CONFIGS = {
     "M1-shared-l2": dict(num_tokens=6, codebook_size=16, dim=4, num_groups=1, token_specific=False),
@@ -184,30 +182,6 @@ def test_failed_first_save_leaves_no_temp_files(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- offline Hub cache
-def make_cached_repo(cache: Path, repo_id: str, ckpt: Path, commit: str = COMMIT) -> None:
-    """Lay ckpt's files out as the Hub cache does: models--ORG--NAME/{refs/main, snapshots/<commit>/}."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(ckpt / name, snap / name)
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """An empty HF cache folder with offline mode on, whether or not huggingface_hub re-reads the env."""
-    cache = tmp_path / "hf_home" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(cache.parent))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # read once at import time
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def test_offline_cache_loads(tmp_path, offline_cache):
     q = trained(**CONFIGS["M4-specific-cosine"])
     q.save_pretrained(tmp_path / "src")

@@ -1,0 +1,128 @@
+"""Reading upstream checkpoints: where the file is, what is in it, and a strict, explained load.
+
+Every adapter's ``load_pretrained`` goes through these three functions, so that a checkpoint from
+a local path, a local folder or a Hub repository (``hf_hub_download``, which honours
+``HF_HUB_OFFLINE`` and the local cache) is found the same way, and a checkpoint that does not fit
+the model fails with one message naming the missing, unexpected and mis-shaped keys.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["resolve_file", "read_state_dict", "load_state_dict_strict"]
+
+_SAFETENSORS = (".safetensors",)
+_PICKLES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def resolve_file(repo_id_or_path, filename: str | None = None, *, revision: str | None = None,
+                 cache_dir=None, subfolder: str | None = None) -> Path:
+    """The local path of a checkpoint file.
+
+    Args:
+        repo_id_or_path: a file, a folder (then ``filename`` names the file inside it, under
+            ``subfolder`` if given) or a Hub repo id ``"org/name"`` (then ``filename`` is required).
+        filename: the file's name inside the folder or repository.
+        revision, cache_dir: passed to ``huggingface_hub.hf_hub_download`` for repo ids.
+        subfolder: a folder inside the folder or repository.
+    Returns: the file's path (for a repo id, inside the Hub cache).
+    Raises:
+        TypeError: repo_id_or_path is not a str or os.PathLike.
+        FileNotFoundError: a local file or folder entry that does not exist.
+        ValueError: a folder or repo id without ``filename``.
+        OSError (from huggingface_hub): a repository or file that cannot be downloaded or is not cached
+            when offline.
+    """
+    if not isinstance(repo_id_or_path, (str, os.PathLike)):
+        raise TypeError(f"repo_id_or_path must be a str or a path, got {type(repo_id_or_path).__name__}")
+    path = Path(repo_id_or_path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if filename is None:
+            raise ValueError(f"{str(path)!r} is a folder: pass filename= to name the checkpoint file inside it")
+        file = path / (subfolder or "") / filename
+        if not file.is_file():
+            raise FileNotFoundError(f"no checkpoint file {filename!r} in {str(file.parent)!r}")
+        return file
+    text = str(repo_id_or_path)
+    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"{text!r} is neither an existing file or folder nor a Hub repo id 'org/name'")
+    if filename is None:
+        raise ValueError(f"loading from the Hub repo {text!r} needs filename= (the checkpoint file in the repo)")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(text, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir))
+
+
+def read_state_dict(path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint file's tensors, on the CPU, as ``{name: tensor}``.
+
+    ``.safetensors`` files are read with safetensors; ``.bin``/``.pt``/``.pth``/``.ckpt`` with
+    ``torch.load(weights_only=True)`` (never arbitrary pickles). ``key`` picks a nested dict
+    (e.g. ``"state_dict"`` of a Lightning checkpoint); without it, a file holding a
+    ``"state_dict"`` dict and no tensors at its top level is unwrapped.
+    Raises: FileNotFoundError, ValueError for an unknown suffix, a file that is not a state dict,
+        or a missing ``key``; the loader's own error (chained) for a corrupt file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _SAFETENSORS:
+            import safetensors.torch
+
+            obj = safetensors.torch.load_file(str(path), device="cpu")
+        elif suffix in _PICKLES:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise ValueError(f"unknown checkpoint suffix {suffix!r} in {str(path)!r}: expected one of "
+                             f"{_SAFETENSORS + _PICKLES}")
+    except ValueError:
+        raise
+    except Exception as err:  # corrupt or non-weights pickle: say which file, keep the cause
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from err
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"checkpoint {str(path)!r} has no entry {key!r}")
+        obj = obj[key]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and \
+            not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ValueError(f"checkpoint {str(path)!r} is not a state dict of named tensors")
+    return dict(obj)
+
+
+def _listing(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
+                           what: str = "checkpoint") -> None:
+    """``module.load_state_dict(state_dict, strict=True)`` with one clear error instead of torch's.
+
+    Raises: ValueError naming ``what`` and listing missing keys, unexpected keys and keys whose
+        shape differs (expected vs found), when any of the three is non-empty.
+    """
+    own = module.state_dict()
+    missing = own.keys() - state_dict.keys()
+    unexpected = state_dict.keys() - own.keys()
+    shapes = [f"{k}: expected {tuple(own[k].shape)}, found {tuple(state_dict[k].shape)}"
+              for k in sorted(own.keys() & state_dict.keys()) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:8]))
+        raise ValueError(f"{what} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
