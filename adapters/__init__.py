@@ -1,6 +1,26 @@
 """vqswitch.adapters: swap SwitchableTokenQuantizer into existing tokenizers.
 
-The adapter contract and the TiTok / MaskGIT-VQGAN / IBQ / diffusers adapters arrive with the
-adapter issues; this package exists now so that `import vqswitch.adapters` is stable.
+The contract, the same for every family (diffusers ``VQModel``, MaskGIT-VQGAN; TiTok and IBQ next):
+
+* :func:`swap_quantizer` replaces ``model.quantize`` in place with a shim that keeps the upstream
+  call signature, return structure, index layout, loss and ``get_codebook_entry``;
+* :func:`quantizer_from_model` builds a :class:`~vqswitch.SwitchableTokenQuantizer` from the
+  model's own codebook, metric and token count;
+* :func:`encode_codes` / :func:`decode_codes`: images <-> :class:`~vqswitch.Codes`, in the model's
+  pixel range; :func:`encode_latents` gives the encoder tokens (for initialisation and training);
+* :func:`load_pretrained` reads upstream checkpoints; :func:`save_swapped` / :func:`load_swapped`
+  store a swapped model and restore it exactly.
+
+Indices after a swap are flat ids ``g*K + k`` (see :mod:`vqswitch.adapters.contract`).
+Optional dependencies (diffusers) are imported only when a model of theirs is built or loaded.
 """
-__all__: list[str] = []
+from . import diffusers_vq  # noqa: F401  (registers the adapter)
+from .contract import Adapter, QuantizerShim, adapter_for, adapter_named, adapters
+from .saving import load_pretrained, load_swapped, save_swapped
+from .swap import decode_codes, encode_codes, encode_latents, quantizer_from_model, swap_quantizer, swapped_quantizer
+
+__all__ = [
+    "swap_quantizer", "quantizer_from_model", "encode_latents", "encode_codes", "decode_codes", "swapped_quantizer",
+    "load_pretrained", "save_swapped", "load_swapped", "adapter_for", "adapter_named", "adapters", "Adapter",
+    "QuantizerShim",
+]

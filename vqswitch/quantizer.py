@@ -227,10 +227,37 @@ class SwitchableTokenQuantizer(
 
     # ------------------------------------------------------------------ core
     def _lookup(self, groups: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """codes (B, T, D) of the codebooks' dtype for groups (B,) and indices (B, T); differentiable."""
+        """codes (B, T, D) of the codebooks' dtype for groups (B,) or (B, T) and indices (B, T); differentiable."""
         T = indices.shape[1]
         tok = torch.arange(T, device=indices.device) if self.token_specific else torch.zeros(T, dtype=torch.long, device=indices.device)
-        return self.codebooks[groups[:, None], tok[None, :], indices]
+        return self.codebooks[groups[:, None] if groups.dim() == 1 else groups, tok[None, :], indices]
+
+    def lookup(self, groups: torch.Tensor, indices: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """The codes named by (group, index) per token, differentiable to the codebooks.
+
+        Args:
+            groups: (B,) int group per image, or (B, T) int group per token, in [0, M).
+            indices: (B, T) int code index per token, in [0, K).
+        Returns: (B, T, D) in the codebooks' dtype (l2-normalised for "cosine"), on the codebooks' device.
+        check=False skips the validation (and its device sync) for ids the search itself produced.
+        Raises: TypeError for non-integer tensors; ValueError for wrong shapes or out-of-range values.
+        """
+        if not check:
+            q = self._lookup(groups, indices)
+            return F.normalize(q, dim=-1) if self.metric == "cosine" else q
+        for name, t in (("groups", groups), ("indices", indices)):
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        if indices.dim() != 2 or indices.shape[1] != self.num_tokens:
+            raise ValueError(f"indices must have shape (B, T={self.num_tokens}), got {tuple(indices.shape)}")
+        if groups.shape not in (indices.shape[:1], indices.shape):
+            raise ValueError(f"groups must have shape (B,) or (B, T) = {tuple(indices.shape)}, got {tuple(groups.shape)}")
+        for name, t, hi in (("groups", groups, self.num_groups), ("indices", indices, self.codebook_size)):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
+                raise ValueError(f"{name} must lie in [0, {hi}), got values in [{int(t.min())}, {int(t.max())}]")
+        dev = self.codebooks.device
+        q = self._lookup(groups.to(dev, torch.long), indices.to(dev, torch.long))
+        return F.normalize(q, dim=-1) if self.metric == "cosine" else q
 
     def _select(self, z: torch.Tensor, selection: str, probs: torch.Tensor | None, need_errors: bool):
         """Search: (groups, indices, distances, group_errors or None); no gradient."""

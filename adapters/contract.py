@@ -1,0 +1,308 @@
+"""The adapter contract: what every tokenizer adapter provides, and the shim base they share.
+
+An *adapter* knows one tokenizer family (diffusers ``VQModel``, MaskGIT-VQGAN, TiTok, IBQ): how to
+recognise a model of it by duck typing (never by importing upstream code), where its codebook,
+metric and token count are, how its encoder output becomes tokens ``z (B, T, D)`` and back, and
+what its quantizer's call signature returns. A *shim* is the module that replaces
+``model.quantize``: it runs a :class:`~vqswitch.SwitchableTokenQuantizer` and answers in the
+upstream quantizer's exact structure, so upstream callers run unchanged.
+
+Index representation after a swap (one rule for every adapter)
+    Upstream code passes bare indices around (``get_codebook_entry``, decode-from-indices paths).
+    With M groups an index alone no longer names a vector, so a shim's indices are **flat ids**
+    ``id = g * K + k`` (group g of the image, code k), in [0, M*K), int64, in upstream's index
+    layout. With M = 1 they are plain code indices, exactly as upstream. A token's codebook is
+    fixed by its position t, which every index layout keeps (row-major per image), so
+    ``get_codebook_entry`` recovers (g, t, k) from a flat id and its position. The compact
+    :class:`~vqswitch.Codes` (the group once per image, then T indices) stays the canonical form
+    for bits and bitstreams: see :func:`vqswitch.adapters.encode_codes`.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
+
+__all__ = ["Adapter", "QuantizerShim", "register", "adapters", "adapter_for", "adapter_named", "check_images",
+           "check_fits"]
+
+
+class QuantizerShim(nn.Module):
+    """Base of every adapter's replacement for ``model.quantize``.
+
+    Holds ``quantizer`` (a :class:`~vqswitch.SwitchableTokenQuantizer`, so its parameters and
+    buffers are the model's, under ``quantize.quantizer.*``) and ``last_output``, the
+    :class:`~vqswitch.quantizer.QuantizerOutput` of the latest call (router probabilities, groups,
+    loss parts), for training code that needs more than the upstream return structure.
+    Subclasses implement the upstream signature on top of :meth:`quantize_tokens`.
+    """
+
+    adapter_name: ClassVar[str] = ""
+
+    def __init__(self, quantizer: SwitchableTokenQuantizer):
+        super().__init__()
+        if not isinstance(quantizer, SwitchableTokenQuantizer):
+            raise TypeError(f"quantizer must be a vqswitch.SwitchableTokenQuantizer, got {type(quantizer).__name__}")
+        self.quantizer = quantizer
+        self.last_output: QuantizerOutput | None = None
+
+    # ---------------------------------------------------------------- flat ids
+    @property
+    def vocab_size(self) -> int:
+        """M * K: the number of distinct flat ids this shim can emit."""
+        return self.quantizer.num_groups * self.quantizer.codebook_size
+
+    def flat_ids(self, groups: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """groups (B,) int64, indices (B, T) int64 -> flat ids (B, T) int64, ``g * K + k``."""
+        return groups[:, None] * self.quantizer.codebook_size + indices
+
+    def check_ids(self, ids, *, what: str = "indices") -> torch.Tensor:
+        """Validate flat ids (any shape): an integer tensor with values in [0, M*K). Returns them as int64.
+
+        Raises TypeError for a non-integer tensor, ValueError for an id out of range (naming ``what``).
+        """
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"{what} must be an integer tensor of flat ids g*K+k, got "
+                            f"{getattr(ids, 'dtype', type(ids).__name__)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(f"{what} must lie in [0, M*K={self.vocab_size}) (flat ids g*K+k), got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        return ids.long()
+
+    def split_ids(self, ids: torch.Tensor, *, what: str = "indices") -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat ids of any shape holding B*T entries (row-major per image) -> (groups (B, T), indices (B, T)).
+
+        Raises TypeError for a non-integer tensor; ValueError when the count is not a multiple of T
+        or an id lies outside [0, M*K) (the message names ``what``).
+        """
+        ids = self.check_ids(ids, what=what)
+        T = self.quantizer.num_tokens
+        if ids.numel() % T:
+            raise ValueError(f"{what} must hold a multiple of T={T} ids (T per image, row-major), got {ids.numel()}")
+        ids = ids.reshape(-1, T)
+        K = self.quantizer.codebook_size
+        return ids // K, ids % K
+
+    def lookup_ids(self, ids: torch.Tensor, *, what: str = "indices") -> torch.Tensor:
+        """Flat ids (any shape) -> codes of shape ``ids.shape + (D,)`` in the codebooks' dtype
+        (l2-normalised for "cosine"), differentiable to the codebooks.
+
+        With token-specific codebooks a token's position picks its codebook, so ``ids`` must hold a
+        multiple of T entries, row-major per image; token-shared codebooks take ids of any count.
+        Raises TypeError/ValueError as :meth:`split_ids`.
+        """
+        q = self.quantizer
+        if q.token_specific:
+            groups, indices = self.split_ids(ids, what=what)
+            return q.lookup(groups, indices).reshape(*ids.shape, q.dim)
+        flat = self.check_ids(ids, what=what).to(q.codebooks.device)
+        codes = q.codebooks[flat // q.codebook_size, 0, flat % q.codebook_size]
+        return torch.nn.functional.normalize(codes, dim=-1) if q.metric == "cosine" else codes
+
+    # ---------------------------------------------------------------- the quantizer call
+    def check_token_count(self, count: int, grid: tuple[int, ...]) -> None:
+        """Raise ValueError when a latent grid gives another token count than the quantizer's T."""
+        if count != self.quantizer.num_tokens:
+            raise ValueError(f"the latent grid {'x'.join(map(str, grid))} gives {count} tokens per image, but the "
+                             f"quantizer was built for T={self.quantizer.num_tokens} (images of another size? build the "
+                             "quantizer with quantizer_from_model(..., image_size=(H, W)))")
+
+    def quantize_tokens(self, z: torch.Tensor) -> tuple[QuantizerOutput, torch.Tensor]:
+        """Run the quantizer on z (B, T, D) float.
+
+        Returns (output, codes): ``output`` as :meth:`SwitchableTokenQuantizer.forward` (also kept in
+        ``last_output``), and ``codes`` (B, T, D) in z's dtype: the selected codebook rows
+        (normalised for "cosine"), differentiable to the codebooks, so each shim can build its
+        upstream loss and straight-through expression with upstream's exact arithmetic.
+        """
+        out = self.quantizer(z)
+        self.last_output = out
+        codes = self.quantizer.lookup(out.groups, out.indices, check=False)
+        return out, codes.to(z.dtype)
+
+    def router_loss(self, out: QuantizerOutput) -> torch.Tensor:
+        """The weighted router losses of ``out`` (0 without a router): what the shims add to upstream's loss."""
+        q = self.quantizer
+        return (q.balance_weight * out.router_balance_loss + q.decision_weight * out.router_decision_loss
+                + q.quality_weight * out.router_quality_loss)
+
+    def extra_repr(self) -> str:
+        return f"adapter={self.adapter_name!r}, flat ids in [0, {self.vocab_size})"
+
+
+class Adapter:
+    """One tokenizer family. Subclasses set the class attributes and implement every method.
+
+    Attributes:
+        name: the adapter's registry name (also written into saved swapped checkpoints).
+        pixel_range: (lo, hi), the pixel range the model's images use.
+        shim_class: the :class:`QuantizerShim` subclass that replaces ``model.quantize``.
+        fixed_tokens: whether T is fixed by the architecture (TiTok) rather than by the image size
+            (convolutional tokenizers: then the shim checks T per call).
+    """
+
+    name: ClassVar[str] = ""
+    pixel_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    shim_class: ClassVar[type[QuantizerShim]] = QuantizerShim
+    fixed_tokens: ClassVar[bool] = False
+
+    # ---- recognition and facts about the model
+    def matches(self, model: nn.Module) -> bool:
+        """Whether ``model`` (vqswitch's own class or upstream's) belongs to this family (duck-typed)."""
+        raise NotImplementedError
+
+    def is_swapped(self, model: nn.Module) -> bool:
+        return isinstance(getattr(model, "quantize", None), self.shim_class)
+
+    def check_upstream_quantizer(self, model: nn.Module) -> None:
+        """Raise ValueError when ``model.quantize`` is neither upstream's kind of quantizer nor a shim."""
+        raise NotImplementedError
+
+    def codebook(self, model: nn.Module) -> torch.Tensor:
+        """The upstream codebook (K0, D) of an unswapped model."""
+        raise NotImplementedError
+
+    def metric(self, model: nn.Module) -> str:
+        raise NotImplementedError
+
+    def num_tokens(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> int:
+        raise NotImplementedError
+
+    def image_size(self, model: nn.Module) -> tuple[int, int]:
+        """(H, W) of the images the model (and hence T) is configured for."""
+        raise NotImplementedError
+
+    def image_channels(self, model: nn.Module) -> int:
+        """C of the images the model takes."""
+        raise NotImplementedError
+
+    def commitment_weight(self, model: nn.Module) -> float:
+        """The weight of the commitment term in the model's own loss (its beta)."""
+        raise NotImplementedError
+
+    def shim_settings(self, quantize: nn.Module) -> dict:
+        """The upstream quantizer's settings the shim keeps (read from an upstream quantizer or a shim),
+        as JSON-serialisable constructor keywords of ``shim_class``."""
+        raise NotImplementedError
+
+    # ---- the swap
+    def make_shim(self, model: nn.Module, quantizer: SwitchableTokenQuantizer) -> QuantizerShim:
+        """A shim for ``model`` running ``quantizer``, with the settings of ``model.quantize``.
+
+        Raises ValueError when the quantizer's D, T or metric does not fit the model.
+        """
+        check_fits(quantizer, dim=self.codebook_dim(model), metric=self.metric(model), family=self.name,
+                   num_tokens=self.num_tokens(model) if self.fixed_tokens else None)
+        return self.shim_class(quantizer, **self.shim_settings(model.quantize))
+
+    def codebook_dim(self, model: nn.Module) -> int:
+        """D, the width of the model's codes (from the upstream quantizer or the shim)."""
+        quantize = model.quantize
+        if isinstance(quantize, QuantizerShim):
+            return quantize.quantizer.dim
+        return int(self.codebook(model).shape[1])
+
+    # ---- images <-> tokens, around the quantizer
+    def encode_latents(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) in ``pixel_range`` -> encoder tokens z (B, T, D), before quantization."""
+        raise NotImplementedError
+
+    def decode_tokens(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot."""
+        raise NotImplementedError
+
+    # ---- persistence of swapped models
+    def base_config(self, model: nn.Module) -> dict:
+        """A JSON-serialisable config that :meth:`build_base` turns back into the same architecture."""
+        raise NotImplementedError
+
+    def build_base(self, config: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def load_pretrained(self, repo_id_or_path, **kwargs) -> nn.Module:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Add an adapter instance to the registry (by its ``name``); returns it."""
+    if not adapter.name:
+        raise ValueError("an adapter needs a non-empty name")
+    _REGISTRY[adapter.name] = adapter
+    return adapter
+
+
+def adapters() -> dict[str, Adapter]:
+    """The registered adapters, by name."""
+    return dict(_REGISTRY)
+
+
+def adapter_named(name: str) -> Adapter:
+    """The registered adapter called ``name``. Raises ValueError listing the known names."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown adapter {name!r}; known adapters: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter whose family ``model`` belongs to (swapped or not).
+
+    Raises TypeError for a non-module, ValueError naming the known families when none matches.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module tokenizer, got {type(model).__name__}")
+    for adapter in _REGISTRY.values():
+        if adapter.matches(model):
+            return adapter
+    raise ValueError(f"no vqswitch adapter recognises {type(model).__name__}: expected one of "
+                     f"{sorted(_REGISTRY)} (a model with a `quantize` module and that family's encoder/decoder)")
+
+
+def check_images(images, *, channels: int, size: tuple[int, int] | None, pixel_range: tuple[float, float],
+                 check_range: bool = True, name: str = "images") -> torch.Tensor:
+    """Validate a batch of images (B, C, H, W) float for a tokenizer.
+
+    ``size`` (H, W) is checked when given. With ``check_range``, values must lie in ``pixel_range``
+    up to 1% of its width (so [0, 255] bytes or [0, 1] images given to a [-1, 1] model with
+    negative values missing are caught as far as the values can tell).
+    Raises TypeError for a non-tensor or non-float tensor; ValueError for a wrong shape, size,
+    channel count, non-finite values, or values outside the range.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, {channels}, H, W), got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in {list(pixel_range)}, got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(images.shape)}")
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        raise ValueError(f"{name} must be {size[0]}x{size[1]} pixels for this model, got "
+                         f"{images.shape[-2]}x{images.shape[-1]}")
+    if check_range and images.numel():
+        lo, hi = pixel_range
+        slack = 0.01 * (hi - lo)
+        mn, mx = float(images.min()), float(images.max())
+        if not (mn == mn and mx == mx) or mn in (float("inf"), float("-inf")) or mx in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} contain NaN or Inf values")
+        if mn < lo - slack or mx > hi + slack:
+            raise ValueError(f"{name} must lie in the model's pixel range [{lo}, {hi}], got values in "
+                             f"[{mn:.4g}, {mx:.4g}] (pass check_range=False to skip this check)")
+    return images
+
+
+def check_fits(quantizer: SwitchableTokenQuantizer, *, dim: int, num_tokens: int | None, metric: str,
+               family: str) -> None:
+    """Raise ValueError naming the mismatch when ``quantizer`` cannot stand in for a model's quantizer
+    (``num_tokens=None`` skips the token count, for tokenizers whose T follows the image size)."""
+    if quantizer.dim != dim:
+        raise ValueError(f"quantizer has D={quantizer.dim} but this {family} model's codes have D={dim}")
+    if num_tokens is not None and quantizer.num_tokens != num_tokens:
+        raise ValueError(f"quantizer has T={quantizer.num_tokens} tokens but this {family} model makes {num_tokens} "
+                         "tokens per image (build it with quantizer_from_model, or pass image_size= there)")
+    if quantizer.metric != metric:
+        raise ValueError(f"quantizer uses metric {quantizer.metric!r} but this {family} model's quantizer uses "
+                         f"{metric!r}; its decoder expects codes chosen that way")

@@ -1,0 +1,189 @@
+"""diffusers ``VQModel`` (and the CompVis / MoVQ VQ-VAEs it loads): the adapter and its shim.
+
+diffusers quantizes inside ``VQModel.decode`` (``encode`` returns the unquantized ``quant_conv``
+output), so the shim is what ``decode`` calls: ``quantize(h) -> (z_q, loss, (None, None, indices))``.
+Pixels are in [-1, 1]. Facts the shim keeps from diffusers' ``VectorQuantizer``:
+
+* tokens are the latent grid (B, C, h, w) read row-major: ``z.permute(0, 2, 3, 1)`` -> (B, h*w, C);
+* nearest code by l2 distance; indices flat int64 ``[B*h*w]``, or ``[B, h, w]`` with
+  ``sane_index_shape`` (here flat ids ``g*K + k``, see :mod:`vqswitch.adapters.contract`);
+* loss with ``legacy=True`` (diffusers' default, which it keeps for backward compatibility):
+  ``mean((sg[z_q] - z)^2) + beta * mean((z_q - sg[z])^2)``; with ``legacy=False`` beta moves to
+  the first term. The router losses are added when M > 1;
+* output ``z + sg[z_q - z]`` (straight-through, in upstream's arithmetic), channels first;
+* ``get_codebook_entry(indices, shape)`` with ``shape = (B, h, w, C)`` returns (B, C, h, w), with
+  ``shape=None`` the rows; the ``lookup_from_codebook`` decode path and spatial-norm (MoVQ)
+  decoders, which receive the quantizer output too, therefore work unchanged.
+Index remapping (``remap=``, a rarely used diffusers option) is not supported: swapping refuses it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .contract import Adapter, QuantizerShim, register
+
+__all__ = ["DiffusersVQAdapter", "VQModelQuantizerShim"]
+
+
+class VQModelQuantizerShim(QuantizerShim):
+    """Stands in for diffusers' ``VectorQuantizer`` (same call signature and return structure)."""
+
+    adapter_name = "diffusers-vqmodel"
+
+    def __init__(self, quantizer, *, beta: float = 0.25, legacy: bool = True, sane_index_shape: bool = False):
+        super().__init__(quantizer)
+        self.beta, self.legacy, self.sane_index_shape = float(beta), bool(legacy), bool(sane_index_shape)
+        self.remap = None
+        self.vq_embed_dim = quantizer.dim
+        self.n_e = self.vocab_size  # upstream's attribute: the number of distinct indices
+
+    def settings(self) -> dict:
+        return {"beta": self.beta, "legacy": self.legacy, "sane_index_shape": self.sane_index_shape}
+
+    def forward(self, z: torch.Tensor):
+        """z: (B, C, h, w) float -> (z_q (B, C, h, w), loss scalar, (None, None, indices)).
+
+        indices: int64 flat ids, (B*h*w,) or (B, h, w) with ``sane_index_shape``.
+        Raises TypeError/ValueError for a non-4-D or non-float z, a wrong C, or a grid of another
+        token count than the quantizer's T.
+        """
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 4:
+            raise TypeError(f"z must be a float tensor (B, C, h, w), got {getattr(z, 'shape', type(z).__name__)}")
+        if z.shape[1] != self.quantizer.dim:
+            raise ValueError(f"z must have C={self.quantizer.dim} channels, got shape {tuple(z.shape)}")
+        B, C, h, w = z.shape
+        self.check_token_count(h * w, (h, w))
+        z = z.permute(0, 2, 3, 1).contiguous()
+        out, q = self.quantize_tokens(z.view(B, h * w, C))
+        q = q.view(z.shape)
+        if self.legacy:
+            loss = torch.mean((q.detach() - z) ** 2) + self.beta * torch.mean((q - z.detach()) ** 2)
+        else:
+            loss = self.beta * torch.mean((q.detach() - z) ** 2) + torch.mean((q - z.detach()) ** 2)
+        if self.quantizer.router is not None:
+            loss = loss + self.router_loss(out)
+        z_q = (z + (q - z).detach()).permute(0, 3, 1, 2).contiguous()
+        ids = self.flat_ids(out.groups, out.indices)
+        ids = ids.view(B, h, w) if self.sane_index_shape else ids.reshape(-1)
+        return z_q, loss, (None, None, ids)
+
+    def get_codebook_entry(self, indices: torch.Tensor, shape=None) -> torch.Tensor:
+        """indices: flat ids (B*h*w entries, row-major per image); shape: (B, h, w, C) or None.
+
+        Returns (B, C, h, w) with ``shape``, else (N, C) rows, in the codebooks' dtype.
+        Raises TypeError/ValueError for non-integer or out-of-range ids, or a shape that does not
+        match their count.
+        """
+        codes = self.lookup_ids(indices.reshape(-1), what="indices")
+        if shape is None:
+            return codes
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 4 or shape[1] * shape[2] * shape[0] != codes.shape[0] or shape[3] != self.quantizer.dim:
+            raise ValueError(f"shape must be (B, h, w, C={self.quantizer.dim}) with B*h*w = {codes.shape[0]} "
+                             f"indices, got {shape}")
+        return codes.view(shape).permute(0, 3, 1, 2).contiguous()
+
+
+def _config(model) -> dict:
+    return dict(getattr(model, "config", {}) or {})
+
+
+class DiffusersVQAdapter(Adapter):
+    """diffusers ``VQModel`` (recognised by its config's ``num_vq_embeddings`` and its
+    encoder / quant_conv / quantize / post_quant_conv / decoder modules)."""
+
+    name = "diffusers-vqmodel"
+    pixel_range = (-1.0, 1.0)
+    shim_class = VQModelQuantizerShim
+    fixed_tokens = False
+
+    def matches(self, model) -> bool:
+        return ("num_vq_embeddings" in _config(model)
+                and all(hasattr(model, m) for m in ("encoder", "quant_conv", "quantize", "post_quant_conv", "decoder")))
+
+    def check_upstream_quantizer(self, model) -> None:
+        quantize = model.quantize
+        if isinstance(quantize, VQModelQuantizerShim):
+            return
+        emb = getattr(quantize, "embedding", None)
+        if not isinstance(emb, nn.Embedding) or not hasattr(quantize, "beta"):
+            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not diffusers' VectorQuantizer "
+                             "(an nn.Embedding codebook `embedding` and a `beta`)")
+        if getattr(quantize, "remap", None) is not None:
+            raise ValueError("model.quantize uses index remapping (remap=...), which vqswitch does not support")
+
+    def codebook(self, model) -> torch.Tensor:
+        self.check_upstream_quantizer(model)
+        return model.quantize.embedding.weight
+
+    def metric(self, model) -> str:
+        return "l2"
+
+    def _down_factor(self, model) -> int:
+        return 2 ** (len(_config(model)["block_out_channels"]) - 1)
+
+    def image_size(self, model) -> tuple[int, int]:
+        size = _config(model).get("sample_size", 32)
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def image_channels(self, model) -> int:
+        return int(_config(model).get("in_channels", 3))
+
+    def num_tokens(self, model, image_size=None) -> int:
+        H, W = image_size or self.image_size(model)
+        f = self._down_factor(model)
+        if H % f or W % f:
+            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
+        return (H // f) * (W // f)
+
+    def commitment_weight(self, model) -> float:
+        return float(model.quantize.beta)
+
+    def shim_settings(self, quantize) -> dict:
+        return {"beta": float(quantize.beta), "legacy": bool(getattr(quantize, "legacy", True)),
+                "sane_index_shape": bool(getattr(quantize, "sane_index_shape", False))}
+
+    def encode_latents(self, model, images):
+        h = model.encode(images).latents  # (B, C, h, w): quant_conv output, unquantized
+        B, C = h.shape[:2]
+        return h.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+    def _grid(self, model, T: int) -> tuple[int, int]:
+        H, W = self.image_size(model)
+        f = self._down_factor(model)
+        if (H // f) * (W // f) == T:
+            return H // f, W // f
+        side = int(round(T ** 0.5))
+        if side * side == T:
+            return side, side
+        raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is configured for {H}x{W} images)")
+
+    def decode_tokens(self, model, tokens):
+        B, T, C = tokens.shape
+        h, w = self._grid(model, T)
+        quant = tokens.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+        # what VQModel.decode does after quantizing (upstream fact): post_quant_conv, then the decoder,
+        # which spatial-norm (MoVQ) models also condition on the quantized latents
+        spatial = _config(model).get("norm_type", "group") == "spatial"
+        return model.decoder(model.post_quant_conv(quant), quant if spatial else None)
+
+    def base_config(self, model) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in _config(model).items()
+                if not k.startswith("_")}
+
+    def build_base(self, config: dict):
+        from diffusers import VQModel
+
+        return VQModel.from_config(config)
+
+    def load_pretrained(self, repo_id_or_path, *, subfolder: str | None = None, revision: str | None = None,
+                        cache_dir=None, **kwargs):
+        """``VQModel.from_pretrained`` (a folder written by ``save_pretrained``, or a Hub repo id)."""
+        from diffusers import VQModel
+
+        return VQModel.from_pretrained(repo_id_or_path, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                                       **kwargs).eval()
+
+
+register(DiffusersVQAdapter())

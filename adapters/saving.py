@@ -1,0 +1,141 @@
+"""Saving and loading swapped models, and loading upstream checkpoints by family.
+
+A swapped-model folder holds two files, written atomically:
+
+* ``config.json``: ``{"format": "vqswitch-swapped", "format_version": 1, "adapter": <family>,
+  "base_config": <the base model's config>, "shim": <upstream quantizer settings kept by the shim>,
+  "quantizer": <SwitchableTokenQuantizer config>, "save_id": <random id>}``;
+* ``model.safetensors``: the whole swapped model's ``state_dict`` (base model and quantizer,
+  under ``quantize.quantizer.*``), with the same ``save_id`` in its metadata.
+
+Each file is replaced atomically; the shared ``save_id`` lets :func:`load_swapped` refuse a folder
+whose two files come from different saves (a save interrupted between the two renames).
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from vqswitch.atomic import atomic_directory
+from vqswitch.quantizer import SwitchableTokenQuantizer
+
+from .checkpoints import load_state_dict_strict
+from .contract import adapter_for, adapter_named, adapters
+from .swap import swapped_quantizer
+
+__all__ = ["save_swapped", "load_swapped", "load_pretrained", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT, FORMAT_VERSION = "vqswitch-swapped", 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU, contiguous, with storage shared between entries copied apart
+    (safetensors refuses shared storage)."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if v.numel() and key in seen:
+            v = v.clone()
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def save_swapped(model: nn.Module, save_directory: str | os.PathLike) -> Path:
+    """Write a swapped model to ``save_directory`` (``config.json`` + ``model.safetensors``, atomically).
+
+    Returns the folder. Raises ValueError for an unswapped model or one no adapter recognises;
+    OSError when the folder cannot be written (then nothing in it changes).
+    """
+    adapter = adapter_for(model)
+    quantizer = swapped_quantizer(model)
+    save_id = uuid.uuid4().hex
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.name,
+        "base_config": adapter.base_config(model), "shim": model.quantize.settings(),
+        "quantizer": quantizer.get_config(), "save_id": save_id,
+    }
+    text = json.dumps(config, indent=2, sort_keys=True)
+    with atomic_directory(save_directory) as tmp:
+        (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+        safetensors.torch.save_file(_tensors_for_saving(model), str(tmp / WEIGHTS_NAME),
+                                    metadata={"format": FORMAT, "save_id": save_id})
+    return Path(save_directory)
+
+
+def _swapped_files(dir_or_repo, revision, cache_dir) -> tuple[Path, Path]:
+    path = Path(dir_or_repo)
+    if path.is_dir():
+        files = path / CONFIG_NAME, path / WEIGHTS_NAME
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{str(path)!r} is not a swapped-model folder: missing {missing}")
+        return files
+    text = str(dir_or_repo)
+    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"{text!r} is neither a folder nor a Hub repo id 'org/name'")
+    from huggingface_hub import hf_hub_download
+
+    return tuple(Path(hf_hub_download(text, name, revision=revision, cache_dir=cache_dir))
+                 for name in (CONFIG_NAME, WEIGHTS_NAME))
+
+
+def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
+                 map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_swapped`, from a folder or a Hub repo id, exactly.
+
+    Returns the swapped model in eval mode on ``map_location``.
+    Raises: FileNotFoundError for a folder without the two files; ValueError for a config that is
+        not a vqswitch swapped-model config (or a newer format version), an unknown adapter, files
+        from two different saves, or weights that do not fit the config (naming the keys);
+        OSError (from huggingface_hub) for a repository that cannot be fetched or is not cached offline.
+    """
+    config_file, weights_file = _swapped_files(dir_or_repo, revision, cache_dir)
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{str(config_file)!r} is not a vqswitch swapped-model config (format {FORMAT!r}); "
+                         "for an upstream checkpoint use vqswitch.adapters.load_pretrained")
+    if not isinstance(config.get("format_version"), int) or config["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"swapped-model format version {config.get('format_version')!r} is newer than this vqswitch "
+                         f"reads ({FORMAT_VERSION}); upgrade vqswitch")
+    for key in ("adapter", "base_config", "shim", "quantizer"):
+        if key not in config:
+            raise ValueError(f"{str(config_file)!r} lacks the entry {key!r}")
+    adapter = adapter_named(config["adapter"])
+    with safetensors.safe_open(str(weights_file), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("save_id") != config.get("save_id"):
+        raise ValueError(f"{str(config_file)!r} and {str(weights_file)!r} come from different saves (an interrupted "
+                         "save_swapped?); save the model again")
+    model = adapter.build_base(config["base_config"])
+    quantizer = SwitchableTokenQuantizer(**config["quantizer"])
+    model.quantize = adapter.shim_class(quantizer, **config["shim"])
+    state = safetensors.torch.load_file(str(weights_file), device="cpu")
+    load_state_dict_strict(model, state, what=f"swapped checkpoint {str(weights_file)!r}")
+    return model.to(map_location).eval()
+
+
+def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str, **kwargs) -> nn.Module:
+    """Load an upstream public checkpoint into the right model, in eval mode.
+
+    Args:
+        repo_id_or_path: a local file or folder, or a Hub repo id.
+        adapter: the family: ``"diffusers-vqmodel"``, ``"maskgit-vqgan"``, ``"titok"`` or ``"ibq"``
+            (see ``vqswitch.adapters.adapters()``).
+        kwargs: the family's options (``subfolder``, ``filename``, ``revision``, ``cache_dir``...).
+    Raises: ValueError for an unknown family, and each family's errors for missing files or keys.
+    """
+    if not isinstance(adapter, str):
+        raise TypeError(f"adapter must be a family name, one of {sorted(adapters())}")
+    return adapter_named(adapter).load_pretrained(repo_id_or_path, **kwargs)
