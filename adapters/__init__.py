@@ -14,7 +14,7 @@ The contract, the same for every family (diffusers ``VQModel``, MaskGIT-VQGAN; T
 Indices after a swap are flat ids ``g*K + k`` (see :mod:`vqswitch.adapters.contract`).
 Optional dependencies (diffusers) are imported only when a model of theirs is built or loaded.
 """
-from . import diffusers_vq  # noqa: F401  (registers the adapter)
+from . import diffusers_vq, maskgit  # noqa: F401  (importing an adapter module registers it)
 from .contract import Adapter, QuantizerShim, adapter_for, adapter_named, adapters
 from .saving import load_pretrained, load_swapped, save_swapped
 from .swap import decode_codes, encode_codes, encode_latents, quantizer_from_model, swap_quantizer, swapped_quantizer

@@ -1,0 +1,190 @@
+"""MaskGIT-VQGAN: the adapter and its shim.
+
+Works on vqswitch's own :class:`~vqswitch.adapters.models.maskgit_vqgan.MaskGitVQGAN` and, duck
+typed, on upstream instances (open-muse ``MaskGitVQGAN``, 1d-tokenizer ``PretrainedTokenizer``):
+a model with ``encoder``, ``decoder`` and a ``quantize`` that has an ``nn.Embedding`` codebook and
+``get_code`` / ``get_codebook_entry``. Pixels are in [0, 1]. Facts the shim keeps:
+
+* ``quantize(hidden_states (B, C, h, w), return_loss=False) -> (z_q, indices (B, h*w), loss or None)``,
+  tokens read row-major over (h, w); z_q contiguous (B, C, h, w);
+* exact codebook rows without ``return_loss``; with it the straight-through ``h + sg[z_q - h]``
+  and ``loss = mean((sg[z_q] - h)^2) + beta * mean((z_q - sg[h])^2)`` (beta on the codebook term,
+  an upstream quirk), plus the router losses when M > 1;
+* ``get_code(hidden_states) -> (B, h*w)`` and ``get_codebook_entry(indices (B, N)) -> (B, C, s, s)``
+  (a channels-last view, as upstream; square grids);
+* indices are flat ids ``g*K + k`` (see :mod:`vqswitch.adapters.contract`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .contract import Adapter, QuantizerShim, register
+
+__all__ = ["MaskGitAdapter", "MaskGitQuantizerShim"]
+
+
+class MaskGitQuantizerShim(QuantizerShim):
+    """Stands in for MaskGIT-VQGAN's ``VectorQuantizer`` (same call signatures and return structures)."""
+
+    adapter_name = "maskgit-vqgan"
+
+    def __init__(self, quantizer, *, commitment_cost: float = 0.25):
+        super().__init__(quantizer)
+        self.commitment_cost = float(commitment_cost)
+        self.embedding_dim = quantizer.dim
+        self.num_embeddings = self.vocab_size  # upstream's attribute: the number of distinct indices
+
+    def settings(self) -> dict:
+        return {"commitment_cost": self.commitment_cost}
+
+    def _tokens(self, hidden_states) -> torch.Tensor:
+        if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point() \
+                or hidden_states.dim() != 4:
+            raise TypeError("hidden_states must be a float tensor (B, C, h, w), got "
+                            f"{getattr(hidden_states, 'shape', type(hidden_states).__name__)}")
+        if hidden_states.shape[1] != self.quantizer.dim:
+            raise ValueError(f"hidden_states must have C={self.quantizer.dim} channels, got {tuple(hidden_states.shape)}")
+        B, C, h, w = hidden_states.shape
+        self.check_token_count(h * w, (h, w))
+        return hidden_states.permute(0, 2, 3, 1).contiguous()
+
+    def forward(self, hidden_states: torch.Tensor, return_loss: bool = False):
+        """hidden_states: (B, C, h, w) float -> (z_q (B, C, h, w), indices (B, h*w) int64 flat ids, loss or None).
+
+        Raises TypeError/ValueError for a non-4-D or non-float input, a wrong C, or a grid of
+        another token count than the quantizer's T.
+        """
+        h = self._tokens(hidden_states)
+        B, hh, ww, C = h.shape
+        out, q = self.quantize_tokens(h.view(B, hh * ww, C))
+        q = q.view(h.shape)
+        loss = None
+        if return_loss:
+            loss = torch.mean((q.detach() - h) ** 2) + self.commitment_cost * torch.mean((q - h.detach()) ** 2)
+            if self.quantizer.router is not None:
+                loss = loss + self.router_loss(out)
+            q = h + (q - h).detach()
+        return q.permute(0, 3, 1, 2).contiguous(), self.flat_ids(out.groups, out.indices), loss
+
+    @torch.no_grad()
+    def get_code(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: (B, C, h, w) float -> flat ids (B, h*w) int64, with the inference selection
+        (no usage counting, whatever the mode)."""
+        h = self._tokens(hidden_states)
+        codes = self.quantizer.encode(h.view(h.shape[0], -1, h.shape[-1]))
+        return self.flat_ids(codes.groups, codes.indices)
+
+    def get_codebook_entry(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices: (B, N) flat ids, N = s*s -> codes (B, C, s, s), a channels-last view as upstream.
+
+        Raises TypeError/ValueError for non-integer, non-(B, N) or out-of-range ids or a non-square N.
+        """
+        if not isinstance(indices, torch.Tensor) or indices.dim() != 2:
+            raise ValueError(f"indices must have shape (B, N), got {getattr(indices, 'shape', type(indices).__name__)}")
+        B, N = indices.shape
+        side = math.isqrt(N)
+        if side * side != N:
+            raise ValueError(f"indices must hold a square grid of tokens per image (N = s*s), got N = {N}")
+        codes = self.lookup_ids(indices, what="indices")  # (B, N, C)
+        return codes.reshape(B, side, side, -1).permute(0, 3, 1, 2)
+
+
+def _config(model) -> dict:
+    cfg = getattr(model, "config", None)
+    return dict(cfg) if isinstance(cfg, dict) or hasattr(cfg, "items") else {}
+
+
+class MaskGitAdapter(Adapter):
+    """MaskGIT-VQGAN: encoder -> quantize -> decoder, no quant_conv, no latent tokens."""
+
+    name = "maskgit-vqgan"
+    pixel_range = (0.0, 1.0)
+    shim_class = MaskGitQuantizerShim
+    fixed_tokens = False
+
+    def matches(self, model) -> bool:
+        if not all(isinstance(getattr(model, m, None), nn.Module) for m in ("encoder", "decoder", "quantize")):
+            return False
+        if any(hasattr(model, m) for m in ("quant_conv", "latent_tokens", "pixel_quantize")):
+            return False  # diffusers / IBQ (quant_conv) and TiTok (latent tokens) share the module names
+        if isinstance(model.quantize, MaskGitQuantizerShim):
+            return True
+        return hasattr(model.quantize, "get_code") and hasattr(model.quantize, "get_codebook_entry")
+
+    def check_upstream_quantizer(self, model) -> None:
+        quantize = model.quantize
+        if isinstance(quantize, MaskGitQuantizerShim):
+            return
+        if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not hasattr(quantize, "get_code"):
+            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not MaskGIT-VQGAN's VectorQuantizer "
+                             "(an nn.Embedding codebook `embedding`, `get_code`, `get_codebook_entry`)")
+
+    def codebook(self, model) -> torch.Tensor:
+        self.check_upstream_quantizer(model)
+        return model.quantize.embedding.weight
+
+    def metric(self, model) -> str:
+        return "l2"
+
+    def _down_factor(self, model) -> int:
+        if hasattr(model, "downsample_factor"):
+            return int(model.downsample_factor)
+        mult = _config(model).get("channel_mult")
+        return 2 ** (len(mult) - 1) if mult else 16  # the published model is f16
+
+    def image_size(self, model) -> tuple[int, int]:
+        r = int(_config(model).get("resolution", 256))
+        return r, r
+
+    def image_channels(self, model) -> int:
+        return int(_config(model).get("num_channels", 3))
+
+    def num_tokens(self, model, image_size=None) -> int:
+        H, W = image_size or self.image_size(model)
+        f = self._down_factor(model)
+        if H % f or W % f:
+            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
+        return (H // f) * (W // f)
+
+    def commitment_weight(self, model) -> float:
+        return float(getattr(model.quantize, "commitment_cost", 0.25))
+
+    def shim_settings(self, quantize) -> dict:
+        return {"commitment_cost": float(getattr(quantize, "commitment_cost", 0.25))}
+
+    def encode_latents(self, model, images):
+        h = model.encoder(images)  # (B, C, h, w); there is no quant_conv
+        B, C = h.shape[:2]
+        return h.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+    def decode_tokens(self, model, tokens):
+        B, T, C = tokens.shape
+        side = math.isqrt(T)
+        if side * side != T:
+            raise ValueError(f"MaskGIT-VQGAN decodes square token grids; got T={T}")
+        return model.decoder(tokens.reshape(B, side, side, C).permute(0, 3, 1, 2).contiguous())
+
+    def base_config(self, model) -> dict:
+        cfg = {k: v for k, v in _config(model).items() if not str(k).startswith("_")}
+        if not cfg:
+            raise ValueError(f"this {type(model).__name__} has no `config`: save_swapped needs one to rebuild it "
+                             "(load the weights into vqswitch.adapters.models.maskgit_vqgan.MaskGitVQGAN)")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+    def build_base(self, config: dict):
+        from .models.maskgit_vqgan import MaskGitVQGAN
+
+        return MaskGitVQGAN.from_config(config)
+
+    def load_pretrained(self, repo_id_or_path=None, **kwargs):
+        """:func:`vqswitch.adapters.models.maskgit_vqgan.load_pretrained` (a ``.bin`` state dict by file,
+        folder or Hub repo id + ``filename``; default the public ``fun-research/TiTok`` file)."""
+        from .models.maskgit_vqgan import DEFAULT_REPO_ID, load_pretrained
+
+        return load_pretrained(DEFAULT_REPO_ID if repo_id_or_path is None else repo_id_or_path, **kwargs)
+
+
+register(MaskGitAdapter())
