@@ -102,7 +102,7 @@ def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None 
     if not adapter.is_swapped(model):
         adapter.check_upstream_quantizer(model)
     shim = adapter.make_shim(model, quantizer)  # validates D, T and metric against the model
-    model.quantize = shim.to(_model_device(model))
+    model.quantize = shim.to(_model_device(model)).train(model.training)  # a fresh module is in training mode
     return model
 
 

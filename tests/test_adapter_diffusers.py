@@ -345,3 +345,14 @@ def test_bad_images_and_codes(small):
         s.quantize.get_codebook_entry(torch.zeros(5, dtype=torch.long), None)
     with pytest.raises(ValueError, match="shape must be"):
         s.quantize.get_codebook_entry(torch.zeros(128, dtype=torch.long), (2, 8, 8, 3))
+
+
+def test_swap_follows_the_models_mode(small):
+    """Regression: a freshly built quantizer is in training mode; swapping it into an eval model must not
+    leave it there (router selection and usage counting would run at inference)."""
+    s = swap_quantizer(copy.deepcopy(small).eval(), num_groups=2, codebook_size=16, router_hidden_dim=8)
+    assert not s.quantize.training and not swapped_quantizer(s).training
+    s(images(2, 16))
+    assert int(swapped_quantizer(s).usage.sum()) == 0
+    t = swap_quantizer(copy.deepcopy(small).train(), num_groups=2, codebook_size=16, router_hidden_dim=8)
+    assert swapped_quantizer(t).training
