@@ -1,6 +1,6 @@
 """vqswitch.adapters: swap SwitchableTokenQuantizer into existing tokenizers.
 
-The contract, the same for every family (diffusers ``VQModel``, MaskGIT-VQGAN; TiTok and IBQ next):
+The contract, the same for every family (diffusers ``VQModel``, MaskGIT-VQGAN, TiTok, IBQ):
 
 * :func:`swap_quantizer` replaces ``model.quantize`` in place with a shim that keeps the upstream
   call signature, return structure, index layout, loss and ``get_codebook_entry``;
@@ -13,8 +13,9 @@ The contract, the same for every family (diffusers ``VQModel``, MaskGIT-VQGAN; T
 
 Indices after a swap are flat ids ``g*K + k`` (see :mod:`vqswitch.adapters.contract`).
 Optional dependencies (diffusers) are imported only when a model of theirs is built or loaded.
+vqswitch's own tokenizer implementations live in :mod:`vqswitch.adapters.models`.
 """
-from . import diffusers_vq, maskgit  # noqa: F401  (importing an adapter module registers it)
+from . import diffusers_vq, ibq, maskgit, titok  # noqa: F401  (importing an adapter module registers it)
 from .contract import Adapter, QuantizerShim, adapter_for, adapter_named, adapters
 from .saving import load_pretrained, load_swapped, save_swapped
 from .swap import decode_codes, encode_codes, encode_latents, quantizer_from_model, swap_quantizer, swapped_quantizer

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_state_dict_strict, read_state_dict, resolve_file
 
-__all__ = ["IBQ", "IBQQuantizer", "Encoder", "Decoder", "DEFAULT_CONFIG", "PRETRAINED", "DEFAULT_REPO_ID",
+__all__ = ["IBQ", "IBQQuantizer", "Encoder", "Decoder", "DEFAULT_CONFIG", "PRETRAINED", "DEFAULT_REPO_ID", "entropy_terms",
            "config_from_upstream", "generator_state_dict", "load_pretrained"]
 
 # The real public checkpoints (configs/IBQ/gpu/imagenet_ibqgan_{1024,8192}.yaml of SEED-Voken):
@@ -314,7 +314,7 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------- quantizer
-def _entropy_terms(logits: torch.Tensor, temperature: float, sample_weight: float, batch_weight: float,
+def entropy_terms(logits: torch.Tensor, temperature: float, sample_weight: float, batch_weight: float,
                    eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sample_entropy, avg_entropy, loss) of token logits (N, n_e) at temperature T."""
     scaled = logits / temperature
@@ -375,7 +375,7 @@ class IBQQuantizer(nn.Module):
         if not self.use_entropy_loss:
             return z_q, quant_loss, (None, None, indices)
         flat = logits.permute(0, 2, 3, 1).reshape(-1, self.n_e)
-        sample_entropy, avg_entropy, entropy_loss = _entropy_terms(
+        sample_entropy, avg_entropy, entropy_loss = entropy_terms(
             flat, self.entropy_temperature, self.sample_minimization_weight, self.batch_maximization_weight)
         return z_q, (quant_loss, sample_entropy, avg_entropy, entropy_loss), (None, None, indices)
 
@@ -662,7 +662,7 @@ def load_pretrained(repo_id_or_path: str | os.PathLike = DEFAULT_REPO_ID, filena
         repo_id_or_path: a checkpoint file, a folder holding it, or a Hub repo id (default
             ``TencentARC/IBQ-Tokenizer-1024``; see :data:`PRETRAINED`).
         filename: the checkpoint file inside the folder or repo (default: the known file of a
-            :data:`PRETRAINED` repo). ``.ckpt``/``.pt``/``.bin`` are read with
+            :data:`PRETRAINED` repo, or a local folder's only ``.ckpt`` file). ``.ckpt``/``.pt``/``.bin`` are read with
             ``torch.load(weights_only=True)``; ``.safetensors`` too.
         revision, cache_dir: passed to the Hub download.
         config: the architecture, flat (``IBQ.config``) or in the upstream yaml layout. Without it:
@@ -679,6 +679,11 @@ def load_pretrained(repo_id_or_path: str | os.PathLike = DEFAULT_REPO_ID, filena
     is_local = local is not None and local.exists()
     if filename is None and known is not None and not is_local:
         filename = known[0]
+    if filename is None and is_local and local.is_dir():
+        ckpts = sorted(p.name for p in local.glob("*.ckpt"))
+        if len(ckpts) != 1:
+            raise ValueError(f"{str(local)!r} holds {len(ckpts)} .ckpt files ({ckpts}): pass filename= to pick one")
+        filename = ckpts[0]
     path = resolve_file(repo_id_or_path, filename, revision=revision, cache_dir=cache_dir)
     state_dict = read_state_dict(path)
 
