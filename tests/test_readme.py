@@ -58,7 +58,45 @@ def _maskgit_repo(root):
     return "fun-research/TiTok", ["maskgit-vqgan-imagenet-f16-256.bin", "config.json"], (0.0, 1.0)
 
 
-STAND_INS = {"diffusers-vqmodel": _diffusers_repo, "maskgit-vqgan": _maskgit_repo}
+def _titok_repo(root):
+    from vqswitch.adapters.models.titok import TiTok
+
+    torch.manual_seed(0)  # TiTok-S-128's tokens (T=128, D=12, l2-normalised), legacy stage-2, shrunk in width;
+    # its codebook has 1024 codes (the real one 4096) so that the README's K=1024 is a copy, not a 20 s k-means
+    config = {"model": {"vq_model": {
+        "codebook_size": 1024, "token_size": 12, "use_l2_norm": True, "commitment_cost": 0.25,
+        "vit_enc_model_size": "tiny", "vit_dec_model_size": "tiny", "vit_enc_patch_size": 16, "vit_dec_patch_size": 16,
+        "num_latent_tokens": 128, "finetune_decoder": True, "is_legacy": True}},
+        "dataset": {"preprocessing": {"crop_size": 256}}}
+    overrides = {"model_size_table": {"tiny": {"width": 32, "num_layers": 1, "num_heads": 2}},
+                 "legacy_decoder_output_channels": 32,
+                 "pixel_decoder_config": {"channel_mult": [1, 1, 1, 1, 1], "num_resolutions": 5, "dropout": 0.0,
+                                          "hidden_channels": 32, "num_channels": 3, "num_res_blocks": 1,
+                                          "resolution": 256, "z_channels": 32},
+                 "pixel_quantizer": {"num_embeddings": 32, "embedding_dim": 32, "commitment_cost": 0.25}}
+    TiTok.from_config(config, overrides).save_pretrained(root)
+    return ("yucornetto/tokenizer_titok_s128_imagenet", ["config.json", "model.safetensors", "overrides.json"],
+            (0.0, 1.0))
+
+
+def _ibq_repo(root):
+    import yaml
+
+    from vqswitch.adapters.models.ibq import IBQ
+
+    torch.manual_seed(0)  # IBQ-1024's f16 grid and 1024 codes, shrunk in width and depth
+    ddconfig = dict(double_z=False, z_channels=32, resolution=256, in_channels=3, out_ch=3, ch=32,
+                    ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
+    init = dict(ddconfig=ddconfig, n_embed=1024, embed_dim=32, beta=0.25, use_entropy_loss=True)
+    model = IBQ.from_config({**ddconfig, **{k: v for k, v in init.items() if k != "ddconfig"}})
+    torch.save({"state_dict": model.state_dict()}, root / "imagenet256_1024.ckpt")
+    (root / "config.yaml").write_text(yaml.safe_dump({"model": {"class_path": "src.IBQ.models.ibqgan.IBQ",
+                                                                "init_args": init}}))
+    return "TencentARC/IBQ-Tokenizer-1024", ["imagenet256_1024.ckpt", "config.yaml"], (-1.0, 1.0)
+
+
+STAND_INS = {"diffusers-vqmodel": _diffusers_repo, "maskgit-vqgan": _maskgit_repo, "titok": _titok_repo,
+             "ibq": _ibq_repo}
 ADAPTER_BLOCKS = dict(re.findall(r"```python adapter=(\S+)\n(.*?)```", README, flags=re.S))
 
 
@@ -80,6 +118,6 @@ def test_adapter_section_runs(name, tmp_path, offline_cache):
     assert scope["recon"].shape == images.shape
     with torch.no_grad():
         out = scope["model"](images)
-    ref = out[0] if name == "maskgit-vqgan" else out.sample
+    ref = out.sample if name == "diffusers-vqmodel" else out[0]
     # decode from codes (exact codes) vs the forward pass (straight-through z + (q - z)): rounding only
     torch.testing.assert_close(scope["recon"], ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
