@@ -29,7 +29,7 @@ from .checkpoints import load_state_dict_strict
 from .contract import adapter_for, adapter_named, adapters
 from .swap import swapped_quantizer
 
-__all__ = ["save_swapped", "load_swapped", "load_pretrained", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_swapped", "load_swapped", "load_pretrained", "detect_family", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "vqswitch-swapped", 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -126,16 +126,93 @@ def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None,
     return model.to(map_location).eval()
 
 
-def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str, **kwargs) -> nn.Module:
+# Public repositories whose family their files alone do not tell (no config naming the class).
+KNOWN_REPOS = {
+    "fun-research/TiTok": "maskgit-vqgan",  # maskgit-vqgan-imagenet-f16-256.bin
+}
+KNOWN_REPO_PREFIXES = {
+    "TencentARC/IBQ-Tokenizer-": "ibq",
+    "yucornetto/tokenizer_titok_": "titok",
+}
+
+
+def _family_of_config(config) -> str | None:
+    if not isinstance(config, dict):
+        return None
+    if config.get("_class_name") == "VQModel":
+        return "diffusers-vqmodel"
+    if config.get("_class_name") == "MaskGitVQGAN":
+        return "maskgit-vqgan"
+    if isinstance(config.get("model"), dict) and "vq_model" in config["model"]:
+        return "titok"
+    if config.get("format") == FORMAT:
+        raise ValueError("this is a vqswitch swapped-model checkpoint: load it with vqswitch.adapters.load_swapped")
+    return None
+
+
+def detect_family(repo_id_or_path, *, subfolder: str | None = None, revision: str | None = None,
+                  cache_dir=None) -> str:
+    """The tokenizer family of a checkpoint (an adapter name), from its files.
+
+    Local folders and files: a ``config.json`` naming ``VQModel`` (diffusers) or ``MaskGitVQGAN``
+    (open-muse), TiTok's ``model.vq_model`` config, an IBQ ``config.yaml`` or Lightning ``.ckpt``, or a
+    MaskGIT-VQGAN ``.bin`` by its public name. Hub ids: the public repositories above, else the repo's
+    ``config.json``. Raises ValueError asking for ``adapter=`` when the files do not tell.
+    """
+    path = Path(repo_id_or_path)
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        folder = folder / subfolder if subfolder and path.is_dir() else folder
+        cfg = folder / CONFIG_NAME
+        if cfg.is_file():
+            try:
+                family = _family_of_config(json.loads(cfg.read_text(encoding="utf-8")))
+            except json.JSONDecodeError:
+                family = None
+            if family:
+                return family
+        names = [path.name] if path.is_file() else [p.name for p in folder.iterdir()]
+        if "config.yaml" in names or any(n.endswith(".ckpt") for n in names):
+            return "ibq"
+        if any("maskgit" in n.lower() for n in names):
+            return "maskgit-vqgan"
+    else:
+        text = str(repo_id_or_path)
+        if text in KNOWN_REPOS:
+            return KNOWN_REPOS[text]
+        for prefix, family in KNOWN_REPO_PREFIXES.items():
+            if text.startswith(prefix):
+                return family
+        if text.count("/") == 1 and not os.path.isabs(text):
+            from huggingface_hub import hf_hub_download
+
+            try:
+                file = hf_hub_download(text, CONFIG_NAME, subfolder=subfolder, revision=revision, cache_dir=cache_dir)
+                family = _family_of_config(json.loads(Path(file).read_text(encoding="utf-8")))
+            except (OSError, ValueError) as err:
+                if "swapped-model" in str(err):
+                    raise
+                family = None
+            if family:
+                return family
+    raise ValueError(f"cannot tell which tokenizer {str(repo_id_or_path)!r} holds: pass adapter= one of "
+                     f"{sorted(adapters())}")
+
+
+def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str | None = None, **kwargs) -> nn.Module:
     """Load an upstream public checkpoint into the right model, in eval mode.
 
     Args:
         repo_id_or_path: a local file or folder, or a Hub repo id.
         adapter: the family: ``"diffusers-vqmodel"``, ``"maskgit-vqgan"``, ``"titok"`` or ``"ibq"``
-            (see ``vqswitch.adapters.adapters()``).
+            (see ``vqswitch.adapters.adapters()``); None detects it from the files (:func:`detect_family`).
         kwargs: the family's options (``subfolder``, ``filename``, ``revision``, ``cache_dir``...).
-    Raises: ValueError for an unknown family, and each family's errors for missing files or keys.
+    Raises: ValueError for an unknown or undetectable family, and each family's errors for missing
+        files or keys.
     """
+    if adapter is None:
+        adapter = detect_family(repo_id_or_path, subfolder=kwargs.get("subfolder"), revision=kwargs.get("revision"),
+                                cache_dir=kwargs.get("cache_dir"))
     if not isinstance(adapter, str):
         raise TypeError(f"adapter must be a family name, one of {sorted(adapters())}")
     return adapter_named(adapter).load_pretrained(repo_id_or_path, **kwargs)

@@ -200,3 +200,34 @@ def test_bad_input(base):
     m.quantize.get_code = m.quantize.get_codebook_entry = lambda *a: None
     with pytest.raises(ValueError, match="not MaskGIT-VQGAN's VectorQuantizer"):
         swap_quantizer(m)
+
+
+# ---------------------------------------------------------------- which family a checkpoint holds
+def test_load_pretrained_detects_the_family(tmp_path, offline_cache):
+    from diffusers import VQModel
+
+    from vqswitch.adapters.saving import detect_family
+
+    root = Path(__file__).parent / "fixtures" / "upstream"
+    assert detect_family(FIXTURE) == "maskgit-vqgan"  # open-muse config.json
+    assert detect_family(FIXTURE / "pytorch_model.bin") == "maskgit-vqgan"
+    assert detect_family(root / "titok_tiny") == "titok"
+    assert detect_family(root / "ibq_tiny") == "ibq"
+    VQModel(block_out_channels=(32,), norm_num_groups=8).save_pretrained(tmp_path / "repo" / "vqvae")
+    assert detect_family(tmp_path / "repo", subfolder="vqvae") == "diffusers-vqmodel"
+    assert detect_family("fun-research/TiTok") == "maskgit-vqgan"
+    assert detect_family("TencentARC/IBQ-Tokenizer-8192") == "ibq"
+    assert detect_family("yucornetto/tokenizer_titok_l32_imagenet") == "titok"
+    make_cached_repo(offline_cache, "org/vq", tmp_path / "repo", files=["vqvae/config.json"])
+    assert detect_family("org/vq", subfolder="vqvae") == "diffusers-vqmodel"
+    m = load_pretrained(FIXTURE)
+    assert torch.equal(m.get_code(IO["images"]), IO["indices"])
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "weights.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="pass adapter="):
+        load_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="pass adapter="):
+        load_pretrained("org/unknown")
+    save_swapped(swap_quantizer(load_pretrained(FIXTURE)), tmp_path / "swapped")
+    with pytest.raises(ValueError, match="load_swapped"):
+        load_pretrained(tmp_path / "swapped")
