@@ -214,6 +214,10 @@ class Adapter:
         """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot."""
         raise NotImplementedError
 
+    def decoder_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules that turn quantized tokens into pixels (what fine-tuning stage 3 trains)."""
+        raise NotImplementedError
+
     # ---- persistence of swapped models
     def base_config(self, model: nn.Module) -> dict:
         """A JSON-serialisable config that :meth:`build_base` turns back into the same architecture."""

@@ -168,6 +168,9 @@ class DiffusersVQAdapter(Adapter):
         spatial = _config(model).get("norm_type", "group") == "spatial"
         return model.decoder(model.post_quant_conv(quant), quant if spatial else None)
 
+    def decoder_modules(self, model) -> list[nn.Module]:
+        return [model.post_quant_conv, model.decoder]
+
     def base_config(self, model) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in _config(model).items()
                 if not k.startswith("_")}

@@ -208,6 +208,9 @@ class IBQAdapter(Adapter):
         quant = tokens.reshape(B, side, side, D).permute(0, 3, 1, 2)
         return model.decoder(model.post_quant_conv(quant))
 
+    def decoder_modules(self, model) -> list[nn.Module]:
+        return [model.post_quant_conv, model.decoder]
+
     def base_config(self, model) -> dict:
         cfg = _config(model)
         if not cfg:

@@ -167,6 +167,9 @@ class MaskGitAdapter(Adapter):
             raise ValueError(f"MaskGIT-VQGAN decodes square token grids; got T={T}")
         return model.decoder(tokens.reshape(B, side, side, C).permute(0, 3, 1, 2).contiguous())
 
+    def decoder_modules(self, model) -> list[nn.Module]:
+        return [model.decoder]
+
     def base_config(self, model) -> dict:
         cfg = {k: v for k, v in _config(model).items() if not str(k).startswith("_")}
         if not cfg:

@@ -166,6 +166,10 @@ class TiTokAdapter(Adapter):
     def decode_tokens(self, model, tokens):
         return model.decode(tokens.transpose(1, 2).unsqueeze(2).contiguous())  # (B, N, D) -> [B, D, 1, N]
 
+    def decoder_modules(self, model) -> list[nn.Module]:
+        # the ViT decoder and, for legacy stage-2 models, the pixel decoder (the pixel codebook stays fixed)
+        return [model.decoder] + ([model.pixel_decoder] if isinstance(getattr(model, "pixel_decoder", None), nn.Module) else [])
+
     def base_config(self, model) -> dict:
         config = getattr(model, "config", None)
         if not isinstance(config, dict):

@@ -4,6 +4,9 @@
     vqswitch bits --tokens T --codebook-size K [--groups M] [--height H --width W]
     vqswitch info DIR_OR_REPO [--revision REV] [--height H --width W]
     vqswitch new DIR --tokens T --codebook-size K --dim D [--groups M] [--shared] [--metric l2] [--seed S]
+    vqswitch finetune --adapter {diffusers,maskgit,titok,ibq} --model REPO_OR_DIR --data DIR --groups M
+                      --codebook-size K --out RUN_DIR [--stages 1,2,3] [--steps N] [--resume] ...
+    vqswitch eval --model SWAPPED_DIR_OR_REPO --data DIR [--out FILE.json] [--plots DIR] [--limit N]
 
 Every command takes ``--json``. Errors print one ``vqswitch: error: ...`` line to stderr and
 return 2 (argparse does the same for malformed arguments). All bit counts come from
@@ -170,10 +173,115 @@ def cmd_new(args) -> int:
     return 0
 
 
+ADAPTER_NAMES = {"diffusers": "diffusers-vqmodel", "maskgit": "maskgit-vqgan", "titok": "titok", "ibq": "ibq"}
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise CLIError(f"--stages must be a comma-separated list drawn from 1,2,3, got {text!r}") from None
+    return stages
+
+
+def _image_folder(model, data: str, limit: int | None = None):
+    from vqswitch.adapters import adapter_for
+    from vqswitch.data import ImageFolder
+
+    adapter = adapter_for(model)
+    size = adapter.image_size(model)
+    if size[0] != size[1]:
+        raise CLIError(f"the model is configured for non-square {size[0]}x{size[1]} images; use the Python API")
+    try:
+        folder = ImageFolder(data, size[0], pixel_range=adapter.pixel_range)
+        folder.validate()  # unreadable files are reported (a warning each) and left out, never fatal
+    except (TypeError, ValueError) as e:
+        raise CLIError(_one_line(e)) from None
+    if limit is not None:
+        import torch
+
+        return torch.stack([folder[i] for i in range(min(limit, len(folder)))]), folder
+    return folder, folder
+
+
+def cmd_finetune(args) -> int:
+    """Load an upstream tokenizer, swap in a token-shared STSCQ quantizer, and run the three stages."""
+    from vqswitch.adapters import load_pretrained, save_swapped, swap_quantizer
+    from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig
+
+    stages = _stages(args.stages)
+    try:
+        import torch
+
+        model = load_pretrained(args.model, adapter=ADAPTER_NAMES[args.adapter])
+        torch.manual_seed(args.seed)  # the router's initialisation
+        model = swap_quantizer(model, num_groups=args.groups, codebook_size=args.codebook_size, token_specific=False,
+                               seed=args.seed)
+        data, folder = _image_folder(model, args.data)
+        stage = [StageConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size) for _ in range(3)]
+        config = FinetuneConfig(stages=stages, stage1=stage[0], stage2=stage[1], stage3=stage[2], seed=args.seed,
+                                checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+        model = Finetuner(model, data, args.out, config, resume=args.resume).run()
+        final = save_swapped(model, os.path.join(args.out, "final"))
+    except (TypeError, ValueError, FileNotFoundError) as e:
+        raise CLIError(_one_line(e)) from None
+    q = model.quantize.quantizer
+    summary = {"run_dir": args.out, "final": str(final), "bits_per_image": q.bits_per_image,
+               "skipped_images": [str(p) for p, _ in folder.skipped]}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"fine-tuned {args.adapter} model saved to {final} ({q.bits_per_image} bits per image)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Reconstruct a folder of images through a swapped model's codes; print and save the metrics."""
+    import torch
+
+    from vqswitch import metrics
+    from vqswitch.adapters import adapter_for, decode_codes, encode_codes, load_swapped
+
+    try:
+        model = load_swapped(args.model, revision=args.revision)
+        images, folder = _image_folder(model, args.data, args.limit)
+        lo, hi = adapter_for(model).pixel_range
+        originals, recons = [], []
+        for start in range(0, len(images), args.batch_size):
+            x = images[start:start + args.batch_size] if isinstance(images, torch.Tensor) else \
+                torch.stack([images[i] for i in range(start, min(start + args.batch_size, len(images)))])
+            originals.append(x)
+            recons.append(decode_codes(model, encode_codes(model, x)).clamp(lo, hi))
+        q = model.quantize.quantizer
+        result = metrics.evaluate(torch.cat(originals), torch.cat(recons), data_range=hi - lo,
+                                  bits_per_image=q.bits_per_image, util=q.utilization())
+        if args.plots:
+            try:
+                metrics.plot_utilization(q.usage, os.path.join(args.plots, "utilization.png"))
+                metrics.plot_group_histogram(q.group_counts, os.path.join(args.plots, "groups.png"))
+            except ImportError as e:
+                raise CLIError(_one_line(e)) from None
+    except (TypeError, ValueError, FileNotFoundError) as e:
+        raise CLIError(_one_line(e)) from None
+    result["images"] = int(sum(x.shape[0] for x in originals))
+    result["skipped_images"] = [str(p) for p, _ in folder.skipped]
+    if args.out:
+        from vqswitch.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rows = [("images", result["images"]), ("bits/image", q.bits_per_image), ("bpp", f"{result['bpp']:.5f}"),
+                ("PSNR (dB)", "exact" if result["psnr"] is None else f"{result['psnr']:.3f}"),
+                ("SSIM", f"{result['ssim']:.4f}")]
+        for name, value in rows:
+            print(f"{name:<12} {value:>12}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vqswitch`` command."""
     p = argparse.ArgumentParser(prog="vqswitch", description="Switchable token-specific codebook quantization tools.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new,finetune,eval}")
 
     def size(s):
         s.add_argument("--height", type=int, default=256, help="image height for bpp (default 256)")
@@ -205,6 +313,35 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the random codebooks")
     n.add_argument("--force", action="store_true", help="overwrite a different checkpoint already in DIR")
     n.set_defaults(func=cmd_new)
+
+    f = sub.add_parser("finetune", help="swap STSCQ into a tokenizer and run the three fine-tuning stages")
+    f.add_argument("--adapter", choices=sorted(ADAPTER_NAMES), required=True, help="the tokenizer family")
+    f.add_argument("--model", required=True, metavar="REPO_OR_DIR", help="upstream checkpoint (Hub repo or path)")
+    f.add_argument("--data", required=True, metavar="DIR", help="a folder of training images")
+    f.add_argument("--groups", type=int, required=True, help="M, codebook groups")
+    f.add_argument("--codebook-size", type=int, required=True, help="K, codes per codebook")
+    f.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints, metrics.jsonl, final/")
+    f.add_argument("--stages", default="1,2,3", help="which stages to run (default 1,2,3)")
+    f.add_argument("--steps", type=int, default=1000, help="optimizer steps per stage (default 1000)")
+    f.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    f.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    f.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: stage ends only)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue RUN_DIR's run from its latest checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    f.add_argument("--json", action="store_true", help="print JSON")
+    f.set_defaults(func=cmd_finetune)
+
+    e = sub.add_parser("eval", help="bpp, PSNR, SSIM and codebook use of a swapped model on a folder of images")
+    e.add_argument("--model", required=True, metavar="DIR_OR_REPO", help="a swapped model (save_swapped / finetune)")
+    e.add_argument("--data", required=True, metavar="DIR", help="a folder of images")
+    e.add_argument("--revision", help="Hub branch, tag or commit")
+    e.add_argument("--limit", type=int, help="evaluate at most this many images")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--out", metavar="FILE.json", help="write the metrics here (atomically)")
+    e.add_argument("--plots", metavar="DIR", help="write utilisation and group-histogram PNGs (needs matplotlib)")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_eval)
     return p
 
 

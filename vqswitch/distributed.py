@@ -4,12 +4,37 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "global_mean", "gather_variable"]
+__all__ = ["world_size", "rank", "global_mean", "gather_variable", "average_gradients", "broadcast_object"]
 
 
 def world_size() -> int:
     """Number of ranks (1 when torch.distributed is unavailable or not initialised)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 when torch.distributed is unavailable or not initialised)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def average_gradients(params) -> None:
+    """Average ``p.grad`` over ranks for every parameter with a gradient (what DDP does after backward);
+    a no-op on one process. Every rank must pass the same parameters in the same order."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (identity on one process)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def global_mean(x: torch.Tensor, sync: bool = True) -> torch.Tensor:

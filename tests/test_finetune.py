@@ -1,0 +1,254 @@
+"""Three-stage fine-tuning: what each stage trains and freezes, its losses, the latent cache, checkpoints,
+resume after a real kill, NaN stops, and DDP on two gloo processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vqswitch.adapters import load_pretrained, load_swapped, swap_quantizer, swapped_quantizer
+from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig, TrainingDiverged
+
+FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "maskgit_vqgan_tiny"
+
+
+def make_model():
+    base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
+    torch.manual_seed(0)  # the router's initialisation
+    return swap_quantizer(base, num_groups=4, codebook_size=16, token_specific=False, router_hidden_dim=16)
+
+
+def make_data(n=24, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def config(steps=(3, 3, 3), **kw):
+    kw.setdefault("progress", False)
+    return FinetuneConfig(stage1=StageConfig(steps=steps[0], lr=1e-2, batch_size=8),
+                          stage2=StageConfig(steps=steps[1], lr=1e-2, batch_size=8),
+                          stage3=StageConfig(steps=steps[2], lr=1e-3, batch_size=4), log_every=1, **kw)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, after, prefix):
+    keys = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()]
+    assert keys, prefix
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+# ---------------------------------------------------------------- what each stage trains
+def test_stage1_trains_group_codebooks_and_router_only(tmp_path):
+    model = make_model()
+    before = snapshot(model)
+    Finetuner(model, make_data(), tmp_path, config(stages=(1,))).run()
+    after = snapshot(model)
+    assert changed(before, after, "quantize.quantizer.codebooks")
+    assert changed(before, after, "quantize.quantizer.router.")
+    assert not changed(before, after, "encoder.") and not changed(before, after, "decoder.")
+    assert not swapped_quantizer(model).token_specific
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3] and all(r["stage"] == 1 for r in lines)
+    r = lines[-1]
+    q = swapped_quantizer(model)
+    # the stage-1/2 loss is the quantizer's: codebook + beta * commitment + weighted router losses
+    expected = (r["codebook"] + q.commitment_weight * r["commitment"] + q.balance_weight * r["router_balance"]
+                + q.decision_weight * r["router_decision"] + q.quality_weight * r["router_quality"])
+    assert r["loss"] == pytest.approx(expected, rel=1e-5)
+    assert r["bpp"] == pytest.approx(q.bits_per_image / (32 * 32))
+
+
+def test_stage2_starts_from_copies_of_the_group_codebooks(tmp_path):
+    model = make_model()
+    seen = {}
+
+    def grab(ft, stage, step, record):
+        if stage == 1 and step == 2:
+            seen["groups"] = ft.quantizer.codebooks.detach().clone()
+
+    Finetuner(model, make_data(), tmp_path, config(steps=(2, 0, 0), stages=(1, 2)), callback=grab).run()
+    q = swapped_quantizer(model)
+    assert q.token_specific and q.codebooks.shape == (4, 64, 16, 32)
+    assert torch.equal(q.codebooks, seen["groups"].expand_as(q.codebooks))  # 0 steps: exact copies per token
+    model2 = make_model()
+    Finetuner(model2, make_data(), tmp_path / "b", config(steps=(2, 2, 0), stages=(1, 2))).run()
+    books = swapped_quantizer(model2).codebooks
+    assert not torch.equal(books[:, 0], books[:, 1])  # trained per token
+
+
+def test_stage3_trains_the_decoder_only(tmp_path):
+    model = make_model()
+    Finetuner(model, make_data(), tmp_path / "a", config(steps=(2, 2, 0), stages=(1, 2))).run()
+    before = snapshot(model)
+    Finetuner(model, make_data(), tmp_path / "b", config(stages=(3,))).run()
+    after = snapshot(model)
+    assert changed(before, after, "decoder.")
+    assert not changed(before, after, "encoder.") and not changed(before, after, "quantize.")
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == pytest.approx(r["l2"], rel=1e-6) for r in lines)  # only the L2 weight is set
+
+
+def test_stage1_refuses_a_token_specific_quantizer(tmp_path):
+    base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
+    model = swap_quantizer(base, num_groups=2, token_specific=True, router_hidden_dim=8)
+    with pytest.raises(ValueError, match="token-shared"):
+        Finetuner(model, make_data(), tmp_path, config(stages=(1,))).run()
+
+
+def test_bad_configuration_and_data(tmp_path):
+    with pytest.raises(ValueError, match="stages"):
+        Finetuner(make_model(), make_data(), tmp_path, config(stages=(2, 1)))
+    with pytest.raises(ValueError, match="stage1.steps"):
+        Finetuner(make_model(), make_data(), tmp_path, FinetuneConfig(stage1=StageConfig(steps=-1)))
+    with pytest.raises(ValueError, match="stage3.lr"):
+        Finetuner(make_model(), make_data(), tmp_path, FinetuneConfig(stage3=StageConfig(lr=float("nan"))))
+    with pytest.raises(ValueError, match="swap_quantizer first"):
+        Finetuner(load_pretrained(FIXTURE, adapter="maskgit-vqgan"), make_data(), tmp_path)
+    with pytest.raises(TypeError, match="float image tensors"):
+        Finetuner(make_model(), iter([torch.zeros(3, 4, dtype=torch.long)]), tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        Finetuner(make_model(), make_data(), tmp_path / "empty", config(), resume=True)
+
+
+# ---------------------------------------------------------------- latent cache, checkpoints
+def test_latent_cache_is_built_once_and_reused(tmp_path):
+    calls = []
+
+    def counted():
+        model = make_model()
+        orig = model.encoder.forward
+
+        def counting(x):
+            calls.append(x.shape[0])
+            return orig(x)
+
+        model.encoder.forward = counting
+        return model
+
+    Finetuner(counted(), make_data(), tmp_path, config(steps=(4, 4, 0), stages=(1, 2))).run()
+    assert sum(calls) == 24  # each image encoded once for both stages
+    assert (tmp_path / "latents.npy").is_file() and (tmp_path / "latents.json").is_file()
+    calls.clear()
+    Finetuner(counted(), make_data(), tmp_path / "other", config(steps=(1, 0, 0), stages=(1,), cache_latents=False)).run()
+    assert sum(calls) == 8  # without the cache: one encoder pass per batch
+    calls.clear()
+    Finetuner(counted(), make_data(), tmp_path, config(steps=(2, 0, 0), stages=(1,))).run()
+    assert calls == []  # a matching cache is reused
+
+
+def test_checkpoints_after_each_stage_load_back(tmp_path):
+    model = Finetuner(make_model(), make_data(), tmp_path, config(checkpoint_every=2)).run()
+    root = tmp_path / "checkpoints"
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    assert names == ["latest", "periodic-stage3-step0000002", "stage1", "stage2", "stage3"]
+    assert (root / "latest").read_text() == "stage3"
+    again = load_swapped(root / "stage3" / "model")
+    sa, sb = model.state_dict(), again.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---------------------------------------------------------------- resume after a real kill
+KILLED_RUN = r"""
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+from test_finetune import config, make_data, make_model
+from vqswitch.train.finetune import Finetuner
+torch.set_num_threads(1)
+
+def die(ft, stage, step, record):
+    if stage == 2 and step == 3:  # after the periodic checkpoint of step 2, before stage 2 ends
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Finetuner(make_model(), make_data(), {run!r}, config(steps=(3, 4, 3), checkpoint_every=2), callback=die).run()
+"""
+
+
+def test_resume_after_kill_reaches_the_same_weights(tmp_path):
+    torch.set_num_threads(1)
+    reference = Finetuner(make_model(), make_data(), tmp_path / "ref", config(steps=(3, 4, 3))).run()
+    script = KILLED_RUN.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert latest == "periodic-stage2-step0000002"
+    resumed = Finetuner(make_model(), make_data(), tmp_path / "run", config(steps=(3, 4, 3), checkpoint_every=2),
+                        resume=True).run()
+    ra, rb = reference.state_dict(), resumed.state_dict()
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert torch.equal(ra[k], rb[k]), k
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    Finetuner(make_model(), make_data(), tmp_path, config(steps=(1, 0, 0), stages=(1,))).run()
+    with pytest.raises(ValueError, match="same configuration"):
+        Finetuner(make_model(), make_data(), tmp_path, config(steps=(2, 0, 0), stages=(1,)), resume=True)
+
+
+# ---------------------------------------------------------------- NaN stops the run
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(ft, stage, step, record):
+        if stage == 3 and step == 3:  # after the periodic checkpoint of step 2
+            with torch.no_grad():
+                next(ft.model.decoder.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"stage 3, step 4: the loss is nan.*periodic-stage3-step0000002"):
+        Finetuner(make_model(), make_data(), tmp_path, config(steps=(1, 1, 6), checkpoint_every=2),
+                  callback=poison).run()
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "periodic-stage3-step0000002"
+    good = load_swapped(tmp_path / "checkpoints" / "periodic-stage3-step0000002" / "model")
+    assert all(bool(torch.isfinite(p).all()) for p in good.parameters())
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    def poison(ft, stage, step, record):
+        if stage == 3 and step == 2:  # just before the periodic checkpoint of step 2
+            with torch.no_grad():
+                next(ft.model.decoder.parameters()).fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged, match="weights became NaN or Inf.*decoder"):
+        Finetuner(make_model(), make_data(), tmp_path, config(steps=(1, 1, 6), checkpoint_every=2),
+                  callback=poison).run()
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "stage2"
+
+
+# ---------------------------------------------------------------- DDP, two CPU ranks
+def _ddp_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = Finetuner(make_model(), make_data(), os.path.join(out_dir, "run"), config(steps=(2, 2, 2))).run()
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"r{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_end_with_identical_weights():
+    with tempfile.TemporaryDirectory() as d:
+        for attempt in range(2):  # one retry for a rank killed by a signal (see tests/test_router.py)
+            try:
+                mp.start_processes(_ddp_worker, args=(2, os.path.join(d, f"init{attempt}"), d), nprocs=2, join=True,
+                                   start_method="spawn")
+                break
+            except mp.ProcessExitedException:
+                if attempt:
+                    raise
+        r0, r1 = (torch.load(os.path.join(d, f"r{i}.pt")) for i in range(2))
+        start = make_model().state_dict()
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert not torch.equal(r0["decoder.conv_in.weight"], start["decoder.conv_in.weight"])
+    assert int(r0["quantize.quantizer.group_counts"].sum()) == 2 * 8 + 2 * 8  # every image of both ranks counted
