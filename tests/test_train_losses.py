@@ -15,7 +15,7 @@ from vqswitch.train.losses import (IMAGENET_MEAN, IMAGENET_STD, FeatureSimilarit
 
 transformers = pytest.importorskip("transformers")
 
-SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 
 
 def tiny_vit(seed: int = 0, **kw):

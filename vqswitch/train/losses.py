@@ -595,10 +595,12 @@ class ReconstructionLoss(nn.Module):
         # nn.Module terms register as submodules (device moves, train/eval); plain callables are kept aside.
         self.perceptual = perceptual if isinstance(perceptual, nn.Module) else None
         self.identity = identity if isinstance(identity, nn.Module) else None
-        self._fns = {"perceptual": perceptual, "identity": identity}
+        self._fns = {name: term for name, term in (("perceptual", perceptual), ("identity", identity))
+                     if term is not None and not isinstance(term, nn.Module)}
 
     def _term(self, name: str, weight: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fn = self._fns[name]
+        fn = self._modules.get(name)
+        fn = self._fns.get(name) if fn is None else fn
         if fn is None or weight == 0:
             return _zero(x.device)
         value = fn(x, y)
