@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,8 +68,8 @@ def test_reconstruction_grid(quick_run):
     with Image.open(out / "reconstructions.png") as im:
         assert im.format == "PNG" and im.mode == "RGB"
         assert im.size == (k * s + (k + 1) * pad, 3 * s + 4 * pad)  # originals, baseline, STSCQ rows
-        first = torch.tensor(list(im.crop((pad, pad, pad + s, pad + s)).getdata()), dtype=torch.float32)
-    original = (_test_faces()[0].permute(1, 2, 0).reshape(-1, 3) * 255).round()
+        first = torch.from_numpy(np.asarray(im.crop((pad, pad, pad + s, pad + s)), dtype=np.float32))
+    original = (_test_faces()[0].permute(1, 2, 0) * 255).round()
     assert (first - original).abs().max() <= 1  # the top-left tile is the first test face
 
 

@@ -73,8 +73,9 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = DemoConfig(num_train=64, num_test=16, baseline_steps=30, dead_code_every=10, stage1_steps=15,
-                   stage2_steps=15, stage3_steps=8, stage_batch_size=16)
+QUICK = DemoConfig(num_train=32, num_test=12, codebook_size0=64, codebook_size=16, baseline_steps=12,
+                   baseline_batch_size=8, dead_code_every=4, stage1_steps=6, stage2_steps=6, stage3_steps=4,
+                   stage_batch_size=8)
 
 
 def _check_seed(seed) -> int:
@@ -151,7 +152,8 @@ def train_baseline(model, images: torch.Tensor, cfg: DemoConfig, *, seed: int, p
                     codebook[dead] = fresh[pick] + 1e-3 * fresh.std() * torch.randn(
                         dead.numel(), fresh.shape[1], generator=gen)
             usage.zero_()
-        rec = {"step": step, "loss": float(loss.detach()), "l2": float(l2.detach()), "vq": float(vq_loss.detach())}
+        rec = {"step": step, "loss": float(loss.detach()), "l2": float(l2.detach()),
+               "vq": float(vq_loss.detach())}
         log.append(rec)
         bar.update(1)
         bar.set_postfix(l2=f"{rec['l2']:.4f}")
