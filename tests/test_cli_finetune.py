@@ -41,6 +41,9 @@ def test_finetune_then_eval(tmp_path, faces, capsys):
     assert q.token_specific and q.num_groups == 2 and q.codebook_size == 16
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert sorted({r["stage"] for r in lines}) == [1, 2, 3]
+    info = json.loads((run / "run.json").read_text())  # what push's model card reads
+    assert info["adapter"] == "maskgit-vqgan" and info["base_model"] == str(FIXTURE)
+    assert info["data"]["num_images"] == 12 and info["finetune"]["stage3"]["steps"] == 2
 
     out = tmp_path / "eval.json"
     with pytest.warns(UserWarning):
@@ -67,3 +70,32 @@ def test_errors_are_one_line(tmp_path, faces, capsys):
     assert "vqswitch: error:" in capsys.readouterr().err
     assert main(base[:5] + ["--data", str(tmp_path / "nowhere")] + base[7:]) == 2
     assert "vqswitch: error:" in capsys.readouterr().err
+
+
+def test_stage3_feature_losses_from_local_backbones(tmp_path, faces, capsys):
+    transformers = pytest.importorskip("transformers")
+    backbone = tmp_path / "vit"
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32)
+    transformers.ViTModel(config).save_pretrained(backbone)
+    run = tmp_path / "run"
+    argv = ["finetune", "--adapter", "maskgit", "--model", str(FIXTURE), "--data", str(faces), "--groups", "1",
+            "--codebook-size", "16", "--out", str(run), "--steps", "2", "--batch-size", "4", "--stages", "3",
+            "--perceptual", str(backbone), "--identity", str(backbone), "--identity-weight", "0.5", "--no-progress"]
+    with pytest.warns(UserWarning):
+        assert main(argv) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    r = lines[-1]
+    assert r["perceptual"] > 0 and r["identity"] >= 0
+    assert r["loss"] == pytest.approx(r["l2"] + 1.0 * r["perceptual"] + 0.5 * r["identity"], rel=1e-5)
+    info = json.loads((run / "run.json").read_text())
+    assert info["finetune"]["stage3"]["identity_weight"] == 0.5 and info["losses"]["perceptual"] == str(backbone)
+
+
+def test_feature_loss_weight_needs_a_model(tmp_path, faces, capsys):
+    argv = ["finetune", "--adapter", "maskgit", "--model", str(FIXTURE), "--data", str(faces), "--groups", "1",
+            "--codebook-size", "16", "--out", str(tmp_path / "run"), "--identity-weight", "0.5"]
+    assert main(argv) == 2
+    assert "--identity-weight needs --identity" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

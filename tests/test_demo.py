@@ -107,10 +107,39 @@ def test_printed_table(quick_run):
     assert f"{metrics['stscq']['psnr']:.2f}" in ours.split()
 
 
+def test_run_info_describes_the_run(quick_run):
+    out, metrics, _ = quick_run
+    info = json.loads((out / "run.json").read_text())
+    assert info["format"] == "vqswitch-run" and info["adapter"] == "maskgit-vqgan"
+    assert info["data"]["num_images"] == QUICK.num_train
+    assert info["finetune"]["stages"] == [1, 2, 3]
+    assert [info["finetune"][f"stage{s}"]["steps"] for s in (1, 2, 3)] == [
+        QUICK.stage1_steps, QUICK.stage2_steps, QUICK.stage3_steps]
+    assert (info["num_groups"], info["codebook_size"]) == (QUICK.num_groups, QUICK.codebook_size)
+
+
 def test_main_runs_and_is_deterministic(quick_run, tmp_path, capsys):
     _, metrics, _ = quick_run
     assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     assert "STSCQ" in capsys.readouterr().out
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("baseline", "stscq"):  # same seed, same numbers
+        for field in ("psnr", "ssim", "utilization_mean", "bits_per_image"):
+            assert again[key][field] == metrics[key][field], (key, field)
+
+
+def test_vqswitch_demo_command(quick_run, tmp_path, capsys):
+    """`vqswitch demo` (the README's main job) is the same run."""
+    from vqswitch.cli import main as vqswitch
+
+    _, metrics, _ = quick_run
+    assert vqswitch(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert format_table(metrics) in printed
+    assert json.loads(printed[printed.index("\n{") + 1:])["stscq"]["psnr"] == metrics["stscq"]["psnr"]
+    (tmp_path / "file").write_text("x")
+    assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
     again = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("baseline", "stscq"):  # same seed, same numbers
         for field in ("psnr", "ssim", "utilization_mean", "bits_per_image"):

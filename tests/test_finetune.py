@@ -86,6 +86,22 @@ def test_stage2_starts_from_copies_of_the_group_codebooks(tmp_path):
     assert not torch.equal(books[:, 0], books[:, 1])  # trained per token
 
 
+def test_stage2_ends_with_the_final_codes_counted(tmp_path):
+    model = make_model()
+    data = make_data()
+    Finetuner(model, data, tmp_path, config(steps=(2, 2, 0), stages=(1, 2))).run()
+    q = swapped_quantizer(model)
+    from vqswitch.adapters import encode_latents
+
+    codes = q.encode(encode_latents(model, data))
+    T, K, M = q.num_tokens, q.codebook_size, q.num_groups
+    expected = torch.zeros(M, T, K, dtype=torch.long)
+    for g, row in zip(codes.groups.tolist(), codes.indices):
+        expected[g, torch.arange(T), row] += 1
+    assert torch.equal(q.usage, expected)  # not the sum over training steps (that would count 2 * 8 images)
+    assert torch.equal(q.group_counts, torch.bincount(codes.groups, minlength=M))
+
+
 def test_stage3_trains_the_decoder_only(tmp_path):
     model = make_model()
     Finetuner(model, make_data(), tmp_path / "a", config(steps=(2, 2, 0), stages=(1, 2))).run()
@@ -251,4 +267,6 @@ def test_ddp_two_ranks_end_with_identical_weights():
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert not torch.equal(r0["decoder.conv_in.weight"], start["decoder.conv_in.weight"])
-    assert int(r0["quantize.quantizer.group_counts"].sum()) == 2 * 8 + 2 * 8  # every image of both ranks counted
+    # stage 2 ends by recounting the codes of the training set: each image once, over both ranks' shares
+    assert int(r0["quantize.quantizer.group_counts"].sum()) == len(make_data())
+    assert int(r0["quantize.quantizer.usage"].sum()) == len(make_data()) * 64

@@ -7,6 +7,8 @@
     vqswitch finetune --adapter {diffusers,maskgit,titok,ibq} --model REPO_OR_DIR --data DIR --groups M
                       --codebook-size K --out RUN_DIR [--stages 1,2,3] [--steps N] [--resume] ...
     vqswitch eval --model SWAPPED_DIR_OR_REPO --data DIR [--out FILE.json] [--plots DIR] [--limit N]
+    vqswitch demo [--out DIR] [--quick] [--seed S] [--no-progress]
+                                                    the main job: train, swap, fine-tune, compare (CPU, minutes)
 
 Every command takes ``--json``. Errors print one ``vqswitch: error: ...`` line to stderr and
 return 2 (argparse does the same for malformed arguments). All bit counts come from
@@ -204,26 +206,63 @@ def _image_folder(model, data: str, limit: int | None = None):
     return folder, folder
 
 
+def _feature_losses(args, model) -> tuple[dict, dict]:
+    """Stage 3's optional perceptual / identity losses from --perceptual / --identity (Hub id or folder)."""
+    from vqswitch.adapters import adapter_for
+    from vqswitch.train.losses import identity_loss, perceptual_loss
+
+    losses, weights = {}, {}
+    for name, build in (("perceptual", perceptual_loss), ("identity", identity_loss)):
+        source = getattr(args, name)
+        if source is None:
+            continue
+        weight = getattr(args, f"{name}_weight")
+        losses[name] = build(source, pixel_range=adapter_for(model).pixel_range)
+        weights[f"{name}_weight"] = 1.0 if weight is None else weight
+    return losses, weights
+
+
+def _write_run_info(args, config, num_images: int) -> None:
+    """``RUN_DIR/run.json``: what the run started from (read by ``vqswitch push`` for the model card)."""
+    from vqswitch.atomic import atomic_write_bytes
+
+    info = {"format": "vqswitch-run", "adapter": ADAPTER_NAMES[args.adapter], "base_model": args.model,
+            "base_revision": args.revision,
+            "data": {"description": f"image folder {args.data}", "path": os.path.abspath(args.data),
+                     "num_images": num_images},
+            "num_groups": args.groups, "codebook_size": args.codebook_size,
+            "losses": {"perceptual": args.perceptual, "identity": args.identity},
+            "finetune": config.to_dict()}
+    atomic_write_bytes(os.path.join(args.out, "run.json"), (json.dumps(info, indent=2) + "\n").encode())
+
+
 def cmd_finetune(args) -> int:
     """Load an upstream tokenizer, swap in a token-shared STSCQ quantizer, and run the three stages."""
     from vqswitch.adapters import load_pretrained, save_swapped, swap_quantizer
     from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig
 
     stages = _stages(args.stages)
+    for name in ("perceptual", "identity"):
+        if getattr(args, f"{name}_weight") is not None and getattr(args, name) is None:
+            raise CLIError(f"--{name}-weight needs --{name} MODEL (a transformers vision backbone)")
     try:
         import torch
 
-        model = load_pretrained(args.model, adapter=ADAPTER_NAMES[args.adapter])
+        model = load_pretrained(args.model, adapter=ADAPTER_NAMES[args.adapter], revision=args.revision)
         torch.manual_seed(args.seed)  # the router's initialisation
         model = swap_quantizer(model, num_groups=args.groups, codebook_size=args.codebook_size, token_specific=False,
                                seed=args.seed)
         data, folder = _image_folder(model, args.data)
-        stage = [StageConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size) for _ in range(3)]
+        losses, weights = _feature_losses(args, model)
+        stage = [StageConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size) for _ in range(2)]
+        stage.append(StageConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, **weights))
         config = FinetuneConfig(stages=stages, stage1=stage[0], stage2=stage[1], stage3=stage[2], seed=args.seed,
                                 checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-        model = Finetuner(model, data, args.out, config, resume=args.resume).run()
+        finetuner = Finetuner(model, data, args.out, config, resume=args.resume, **losses)
+        _write_run_info(args, config, len(folder))
+        model = finetuner.run()
         final = save_swapped(model, os.path.join(args.out, "final"))
-    except (TypeError, ValueError, FileNotFoundError) as e:
+    except (TypeError, ValueError, OSError) as e:
         raise CLIError(_one_line(e)) from None
     q = model.quantize.quantizer
     summary = {"run_dir": args.out, "final": str(final), "bits_per_image": q.bits_per_image,
@@ -278,10 +317,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    """Run :func:`vqswitch.demo.run_demo` (it prints the before/after table)."""
+    from pathlib import Path
+
+    from vqswitch.demo import run_demo
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} exists and is not a folder")
+    metrics = run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vqswitch`` command."""
     p = argparse.ArgumentParser(prog="vqswitch", description="Switchable token-specific codebook quantization tools.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new,finetune,eval}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new,finetune,eval,demo}")
 
     def size(s):
         s.add_argument("--height", type=int, default=256, help="image height for bpp (default 256)")
@@ -326,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     f.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     f.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: stage ends only)")
+    f.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    f.add_argument("--perceptual", metavar="MODEL", help="stage 3 perceptual loss over this transformers vision "
+                   "backbone (Hub id or folder), e.g. a DINOv2 or ViT model")
+    f.add_argument("--perceptual-weight", type=float, help="its weight (default 1.0 when --perceptual is given)")
+    f.add_argument("--identity", metavar="MODEL", help="stage 3 identity loss: 1 - cosine of this backbone's "
+                   "embeddings (a face-recognition model for the paper's identity loss)")
+    f.add_argument("--identity-weight", type=float, help="its weight (default 1.0 when --identity is given)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue RUN_DIR's run from its latest checkpoint")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -342,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plots", metavar="DIR", help="write utilisation and group-histogram PNGs (needs matplotlib)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)
+
+    from vqswitch.demo import add_arguments as demo_arguments
+
+    d = demo_arguments(sub.add_parser("demo", help="the main job: train a small tokenizer on procedural faces, swap in "
+                                      "STSCQ, run the three stages, print a before/after table (CPU, minutes)"))
+    d.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -19,7 +19,8 @@
    * ``reconstructions.png``: rows of test originals, baseline reconstructions, STSCQ reconstructions;
    * ``checkpoint/``: the fine-tuned swapped model (``config.json`` + ``model.safetensors``), loadable with
      :func:`vqswitch.adapters.load_swapped`;
-   * ``run/``: the fine-tuning run directory (metrics.jsonl, stage checkpoints, latent cache).
+   * ``run/``: the fine-tuning run directory (metrics.jsonl, stage checkpoints, latent cache);
+   * ``run.json``: what the run started from and its stages (``vqswitch push`` reads it for the model card).
 
 Every number is measured by the run; nothing is typed in. Runs are deterministic for a given ``seed`` on one
 machine (torch is seeded; the data depend only on the seed). Reconstructions are clamped to the pixel range
@@ -319,9 +320,18 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         "stscq": stscq,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "files": {"metrics": "metrics.json", "reconstructions": "reconstructions.png", "checkpoint": "checkpoint",
-                  "run": "run"},
+                  "run": "run", "run_info": "run.json"},
     }
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+    run_info = {  # what `vqswitch push` puts in the model card
+        "format": "vqswitch-run", "adapter": "maskgit-vqgan", "base_model": None, "base_revision": None,
+        "base_description": f"a small MaskGitVQGAN trained from scratch by `vqswitch demo` (seed {seed}) with one "
+                            f"global codebook of {cfg.codebook_size0} codes",
+        "data": {"description": f"vqswitch.data.ProceduralFaces (seed {seed}): {cfg.num_train} procedural "
+                                f"{cfg.image_size}x{cfg.image_size} faces drawn from random identity attributes",
+                 "path": None, "num_images": cfg.num_train},
+        "num_groups": cfg.num_groups, "codebook_size": cfg.codebook_size, "finetune": ft_config.to_dict()}
+    atomic_write_bytes(out / "run.json", (json.dumps(run_info, indent=2) + "\n").encode("utf-8"))
     print(format_table(metrics))
     print(f"(test: {test.shape[0]} held-out {cfg.image_size}x{cfg.image_size} faces; {metrics['wall_seconds']} s; "
           f"outputs in {out})")

@@ -277,6 +277,32 @@ class Finetuner:
             torch.distributed.barrier()
         return cache if self.is_main else LatentCache(path)
 
+    @torch.no_grad()
+    def _recount_usage(self, cache: LatentCache | None) -> None:
+        """Replace the quantizer's usage counts by the codes its final stage-2 state gives the training set.
+
+        During training the counts accumulate over codebooks that kept moving; at the end of stage 2 they
+        are recounted once with the final codebooks (inference selection), so that utilisation and the
+        codec's entropy model (:meth:`vqswitch.entropy.EntropyModel.from_quantizer`) describe the model
+        that is saved. Under DDP every rank encodes its share and the counts are gathered.
+        """
+        q = self.quantizer
+        was_training = q.training
+        q.eval()
+        q.reset_usage()
+        n, batch = len(self.data), 256
+        for start in range(0, n, batch):
+            idx = list(range(start, min(n, start + batch)))[rank()::world_size()]
+            if idx:
+                z = cache.batch(idx).to(self.device) if cache is not None else self._encode(_images(self.data, idx))
+                codes = q.encode(z)
+                groups, indices = codes.groups.to(self.device), codes.indices.to(self.device)
+            else:  # this rank has no image in this batch, but still takes part in the gather
+                groups = torch.zeros(0, dtype=torch.long, device=self.device)
+                indices = torch.zeros(0, q.num_tokens, dtype=torch.long, device=self.device)
+            q._count(groups, indices)
+        q.train(was_training)
+
     # ------------------------------------------------------------------ stages
     def _trainable(self, stage: int) -> list[nn.Parameter]:
         for p in self.model.parameters():
@@ -372,6 +398,8 @@ class Finetuner:
                         and self.step < cfg.steps:
                     self._checkpoint(f"periodic-stage{stage}-step{self.step:07d}", periodic=True)
             bar.close()
+            if stage == 2:
+                self._recount_usage(cache)
             self.stage_index, self.step = self.stage_index + 1, 0
             self.optimizer = None
             self._checkpoint(f"stage{stage}", periodic=False)
