@@ -28,7 +28,7 @@ setup(
         "vqswitch.kernels": "kernels",
     },
     install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23", "tqdm>=4.60", "Pillow>=9",
-                      "constriction>=0.4"],
+                      "constriction>=0.5,<0.6"],
     extras_require=_extras,
     entry_points={"console_scripts": ["vqswitch = vqswitch.cli:main"]},
     license="Apache-2.0",
