@@ -1,12 +1,16 @@
 """Saving and loading swapped models, and loading upstream checkpoints by family.
 
-A swapped-model folder holds two files, written atomically:
+A swapped-model folder holds three files, written atomically:
 
 * ``config.json``: ``{"format": "vqswitch-swapped", "format_version": 1, "adapter": <family>,
   "base_config": <the base model's config>, "shim": <upstream quantizer settings kept by the shim>,
   "quantizer": <SwitchableTokenQuantizer config>, "save_id": <random id>}``;
 * ``model.safetensors``: the whole swapped model's ``state_dict`` (base model and quantizer,
-  under ``quantize.quantizer.*``), with the same ``save_id`` in its metadata.
+  under ``quantize.quantizer.*``), with the same ``save_id`` in its metadata;
+* ``entropy_model.safetensors``: the codec's per-(group, token) code statistics
+  (:class:`vqswitch.entropy.EntropyModel`), by default built from the quantizer's usage counts.
+  :func:`load_swapped` does not need it; :mod:`vqswitch.codec` does (and rebuilds it from the
+  usage counts for folders saved without one).
 
 Each file is replaced atomically; the shared ``save_id`` lets :func:`load_swapped` refuse a folder
 whose two files come from different saves (a save interrupted between the two renames).
@@ -49,14 +53,32 @@ def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_swapped(model: nn.Module, save_directory: str | os.PathLike) -> Path:
-    """Write a swapped model to ``save_directory`` (``config.json`` + ``model.safetensors``, atomically).
+def save_swapped(model: nn.Module, save_directory: str | os.PathLike, *, entropy_model=None) -> Path:
+    """Write a swapped model to ``save_directory`` (``config.json``, ``model.safetensors`` and
+    ``entropy_model.safetensors``, each atomically).
 
-    Returns the folder. Raises ValueError for an unswapped model or one no adapter recognises;
-    OSError when the folder cannot be written (then nothing in it changes).
+    Args:
+        model: a model swapped with :func:`vqswitch.adapters.swap_quantizer`.
+        save_directory: the folder (created; other files in it are kept).
+        entropy_model: the codec's :class:`vqswitch.entropy.EntropyModel`; default
+            ``EntropyModel.from_quantizer(quantizer)`` (the recorded usage counts, smoothed).
+    Returns the folder. Raises ValueError for an unswapped model, one no adapter recognises, or an
+    entropy model whose (M, T, K) differ from the quantizer's; OSError when the folder cannot be
+    written (then nothing in it changes).
     """
+    from vqswitch.entropy import FILE_NAME as ENTROPY_NAME
+    from vqswitch.entropy import EntropyModel
+
     adapter = adapter_for(model)
     quantizer = swapped_quantizer(model)
+    if entropy_model is None:
+        entropy_model = EntropyModel.from_quantizer(quantizer)
+    elif not isinstance(entropy_model, EntropyModel):
+        raise TypeError(f"entropy_model must be a vqswitch.entropy.EntropyModel, got {type(entropy_model).__name__}")
+    shape = (entropy_model.num_groups, entropy_model.num_tokens, entropy_model.codebook_size)
+    if shape != (quantizer.num_groups, quantizer.num_tokens, quantizer.codebook_size):
+        raise ValueError(f"entropy_model is for (M, T, K) = {shape}, the quantizer has "
+                         f"{(quantizer.num_groups, quantizer.num_tokens, quantizer.codebook_size)}")
     save_id = uuid.uuid4().hex
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.name,
@@ -68,6 +90,7 @@ def save_swapped(model: nn.Module, save_directory: str | os.PathLike) -> Path:
         (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         safetensors.torch.save_file(_tensors_for_saving(model), str(tmp / WEIGHTS_NAME),
                                     metadata={"format": FORMAT, "save_id": save_id})
+        entropy_model.save(tmp / ENTROPY_NAME)
     return Path(save_directory)
 
 

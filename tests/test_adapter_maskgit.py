@@ -118,6 +118,27 @@ def test_save_load_swapped(base, tmp_path, offline_cache):
     assert torch.equal(load_swapped("org/maskgit-swapped")(IO["images"])[0], s(IO["images"])[0])
 
 
+def test_save_swapped_writes_the_entropy_model(base, tmp_path):
+    from vqswitch.entropy import FILE_NAME, EntropyModel
+
+    s = grouped(base)
+    q = swapped_quantizer(s)
+    q.usage[1, :, 3] = 7  # recorded statistics
+    q.group_counts[1] = 5
+    save_swapped(s, tmp_path / "run")
+    assert EntropyModel.load(tmp_path / "run" / FILE_NAME) == EntropyModel.from_quantizer(q)
+    custom = EntropyModel(torch.ones_like(q.usage), torch.ones_like(q.group_counts), num_tokens=q.num_tokens)
+    save_swapped(s, tmp_path / "run", entropy_model=custom)
+    assert EntropyModel.load(tmp_path / "run" / FILE_NAME) == custom
+    wrong = EntropyModel(torch.ones(q.num_groups, 1, q.codebook_size + 1, dtype=torch.long),
+                         torch.ones_like(q.group_counts), num_tokens=q.num_tokens)
+    with pytest.raises(ValueError, match="entropy_model is for"):
+        save_swapped(s, tmp_path / "other", entropy_model=wrong)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(TypeError, match="entropy_model must be"):
+        save_swapped(s, tmp_path / "other", entropy_model="counts")
+
+
 def test_load_pretrained_by_repo_id_and_filename(tmp_path, offline_cache):
     make_cached_repo(offline_cache, "fun-research/TiTok", FIXTURE, files=["pytorch_model.bin", "config.json"])
     m = load_pretrained("fun-research/TiTok", adapter="maskgit-vqgan", filename="pytorch_model.bin")
