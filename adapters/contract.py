@@ -19,6 +19,8 @@ Index representation after a swap (one rule for every adapter)
 """
 from __future__ import annotations
 
+import math
+
 from typing import ClassVar
 
 import torch
@@ -26,7 +28,7 @@ import torch.nn as nn
 
 from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
 
-__all__ = ["Adapter", "QuantizerShim", "register", "adapters", "adapter_for", "adapter_named", "check_images",
+__all__ = ["GridAdapter", "Adapter", "QuantizerShim", "register", "adapters", "adapter_for", "adapter_named", "check_images",
            "check_fits"]
 
 
@@ -101,6 +103,22 @@ class QuantizerShim(nn.Module):
         flat = self.check_ids(ids, what=what).to(q.codebooks.device)
         codes = q.codebooks[flat // q.codebook_size, 0, flat % q.codebook_size]
         return torch.nn.functional.normalize(codes, dim=-1) if q.metric == "cosine" else codes
+
+    def lookup_grid(self, indices: torch.Tensor, shape=None) -> torch.Tensor:
+        """The ``get_codebook_entry(indices, shape)`` of the convolutional tokenizers (diffusers, IBQ).
+
+        indices: flat ids (B*h*w entries, row-major per image); shape: (B, h, w, D) or None.
+        Returns (B, D, h, w) contiguous with ``shape``, else (N, D) rows, in the codebooks' dtype.
+        Raises TypeError/ValueError for bad ids (:meth:`lookup_ids`) or a shape that does not match their count.
+        """
+        codes = self.lookup_ids(indices.reshape(-1), what="indices")
+        if shape is None:
+            return codes
+        shape = tuple(int(s) for s in shape)
+        D = self.quantizer.dim
+        if len(shape) != 4 or shape[0] * shape[1] * shape[2] != codes.shape[0] or shape[3] != D:
+            raise ValueError(f"shape must be (B, h, w, D={D}) with B*h*w = {codes.shape[0]} indices, got {shape}")
+        return codes.view(shape).permute(0, 3, 1, 2).contiguous()
 
     # ---------------------------------------------------------------- the quantizer call
     def check_token_count(self, count: int, grid: tuple[int, ...]) -> None:
@@ -228,6 +246,64 @@ class Adapter:
 
     def load_pretrained(self, repo_id_or_path, **kwargs) -> nn.Module:
         raise NotImplementedError
+
+
+class GridAdapter(Adapter):
+    """Base of the convolutional tokenizers (diffusers ``VQModel``, MaskGIT-VQGAN, IBQ): the encoder emits a
+    (B, D, h, w) grid read row-major as T = h*w tokens, and ``model.quantize`` holds one global
+    ``nn.Embedding`` codebook ``embedding``. Subclasses give the upstream quantizer's name and required
+    attributes, :meth:`down_factor` and :meth:`image_size`."""
+
+    upstream_quantizer = "the upstream vector quantizer"  # its name, for messages
+    upstream_attrs: tuple[str, ...] = ()  # attributes it has besides the ``embedding`` codebook
+
+    def check_upstream_quantizer(self, model: nn.Module) -> None:
+        quantize = model.quantize
+        if isinstance(quantize, self.shim_class):
+            return
+        if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not all(
+                hasattr(quantize, a) for a in self.upstream_attrs):
+            need = ", ".join(["an nn.Embedding codebook `embedding`"] + [f"`{a}`" for a in self.upstream_attrs])
+            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not {self.upstream_quantizer} ({need})")
+
+    def codebook(self, model: nn.Module) -> torch.Tensor:
+        self.check_upstream_quantizer(model)
+        return model.quantize.embedding.weight
+
+    def down_factor(self, model: nn.Module) -> int:
+        """f: the encoder's spatial downsampling (an image of H x W gives an (H/f) x (W/f) grid)."""
+        raise NotImplementedError
+
+    def num_tokens(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> int:
+        H, W = image_size or self.image_size(model)
+        f = self.down_factor(model)
+        if H % f or W % f:
+            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
+        return (H // f) * (W // f)
+
+    def grid(self, model: nn.Module, T: int) -> tuple[int, int]:
+        """(h, w) of a grid of T tokens: the configured image size's grid when it has T tokens, else square.
+        Raises ValueError when neither fits."""
+        H, W = self.image_size(model)
+        f = self.down_factor(model)
+        if (H // f) * (W // f) == T:
+            return H // f, W // f
+        side = math.isqrt(T)
+        if side * side == T:
+            return side, side
+        raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is configured for {H}x{W} images)")
+
+    @staticmethod
+    def grid_to_tokens(h: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, h*w, D), row-major over (h, w)."""
+        B, D = h.shape[:2]
+        return h.permute(0, 2, 3, 1).reshape(B, -1, D)
+
+    def tokens_to_grid(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D, h, w) contiguous, the inverse of :meth:`grid_to_tokens`."""
+        B, T, D = tokens.shape
+        h, w = self.grid(model, T)
+        return tokens.reshape(B, h, w, D).permute(0, 3, 1, 2).contiguous()
 
 
 _REGISTRY: dict[str, Adapter] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .contract import Adapter, QuantizerShim, register
+from .contract import GridAdapter, QuantizerShim, register
 
 __all__ = ["DiffusersVQAdapter", "VQModelQuantizerShim"]
 
@@ -75,21 +75,14 @@ class VQModelQuantizerShim(QuantizerShim):
         Raises TypeError/ValueError for non-integer or out-of-range ids, or a shape that does not
         match their count.
         """
-        codes = self.lookup_ids(indices.reshape(-1), what="indices")
-        if shape is None:
-            return codes
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or shape[1] * shape[2] * shape[0] != codes.shape[0] or shape[3] != self.quantizer.dim:
-            raise ValueError(f"shape must be (B, h, w, C={self.quantizer.dim}) with B*h*w = {codes.shape[0]} "
-                             f"indices, got {shape}")
-        return codes.view(shape).permute(0, 3, 1, 2).contiguous()
+        return self.lookup_grid(indices, shape)
 
 
 def _config(model) -> dict:
     return dict(getattr(model, "config", {}) or {})
 
 
-class DiffusersVQAdapter(Adapter):
+class DiffusersVQAdapter(GridAdapter):
     """diffusers ``VQModel`` (recognised by its config's ``num_vq_embeddings`` and its
     encoder / quant_conv / quantize / post_quant_conv / decoder modules)."""
 
@@ -97,30 +90,21 @@ class DiffusersVQAdapter(Adapter):
     pixel_range = (-1.0, 1.0)
     shim_class = VQModelQuantizerShim
     fixed_tokens = False
+    upstream_quantizer, upstream_attrs = "diffusers' VectorQuantizer", ("beta",)
 
     def matches(self, model) -> bool:
         return ("num_vq_embeddings" in _config(model)
                 and all(hasattr(model, m) for m in ("encoder", "quant_conv", "quantize", "post_quant_conv", "decoder")))
 
     def check_upstream_quantizer(self, model) -> None:
-        quantize = model.quantize
-        if isinstance(quantize, VQModelQuantizerShim):
-            return
-        emb = getattr(quantize, "embedding", None)
-        if not isinstance(emb, nn.Embedding) or not hasattr(quantize, "beta"):
-            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not diffusers' VectorQuantizer "
-                             "(an nn.Embedding codebook `embedding` and a `beta`)")
-        if getattr(quantize, "remap", None) is not None:
+        super().check_upstream_quantizer(model)
+        if getattr(model.quantize, "remap", None) is not None:
             raise ValueError("model.quantize uses index remapping (remap=...), which vqswitch does not support")
-
-    def codebook(self, model) -> torch.Tensor:
-        self.check_upstream_quantizer(model)
-        return model.quantize.embedding.weight
 
     def metric(self, model) -> str:
         return "l2"
 
-    def _down_factor(self, model) -> int:
+    def down_factor(self, model) -> int:
         return 2 ** (len(_config(model)["block_out_channels"]) - 1)
 
     def image_size(self, model) -> tuple[int, int]:
@@ -130,13 +114,6 @@ class DiffusersVQAdapter(Adapter):
     def image_channels(self, model) -> int:
         return int(_config(model).get("in_channels", 3))
 
-    def num_tokens(self, model, image_size=None) -> int:
-        H, W = image_size or self.image_size(model)
-        f = self._down_factor(model)
-        if H % f or W % f:
-            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
-        return (H // f) * (W // f)
-
     def commitment_weight(self, model) -> float:
         return float(model.quantize.beta)
 
@@ -145,24 +122,10 @@ class DiffusersVQAdapter(Adapter):
                 "sane_index_shape": bool(getattr(quantize, "sane_index_shape", False))}
 
     def encode_latents(self, model, images):
-        h = model.encode(images).latents  # (B, C, h, w): quant_conv output, unquantized
-        B, C = h.shape[:2]
-        return h.permute(0, 2, 3, 1).reshape(B, -1, C)
-
-    def _grid(self, model, T: int) -> tuple[int, int]:
-        H, W = self.image_size(model)
-        f = self._down_factor(model)
-        if (H // f) * (W // f) == T:
-            return H // f, W // f
-        side = int(round(T ** 0.5))
-        if side * side == T:
-            return side, side
-        raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is configured for {H}x{W} images)")
+        return self.grid_to_tokens(model.encode(images).latents)  # quant_conv output, unquantized
 
     def decode_tokens(self, model, tokens):
-        B, T, C = tokens.shape
-        h, w = self._grid(model, T)
-        quant = tokens.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+        quant = self.tokens_to_grid(model, tokens)
         # what VQModel.decode does after quantizing (upstream fact): post_quant_conv, then the decoder,
         # which spatial-norm (MoVQ) models also condition on the quantized latents
         spatial = _config(model).get("norm_type", "group") == "spatial"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .contract import Adapter, QuantizerShim, register
+from .contract import GridAdapter, QuantizerShim, register
 
 __all__ = ["IBQAdapter", "IBQQuantizerShim"]
 
@@ -117,14 +117,7 @@ class IBQQuantizerShim(QuantizerShim):
         Returns (B, D, h, w) with ``shape``, else (N, D). Raises TypeError/ValueError for bad ids or a
         shape that does not match their count.
         """
-        codes = self.lookup_ids(indices.reshape(-1), what="indices")
-        if shape is None:
-            return codes
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or shape[0] * shape[1] * shape[2] != codes.shape[0] or shape[3] != self.quantizer.dim:
-            raise ValueError(f"shape must be (B, h, w, D={self.quantizer.dim}) with B*h*w = {codes.shape[0]} "
-                             f"indices, got {shape}")
-        return codes.view(shape).permute(0, 3, 1, 2).contiguous()
+        return self.lookup_grid(indices, shape)
 
 
 def _config(model) -> dict:
@@ -132,13 +125,14 @@ def _config(model) -> dict:
     return dict(cfg) if isinstance(cfg, dict) else {}
 
 
-class IBQAdapter(Adapter):
+class IBQAdapter(GridAdapter):
     """IBQ: encoder -> quant_conv -> index-backpropagation quantizer -> post_quant_conv -> decoder."""
 
     name = "ibq"
     pixel_range = (-1.0, 1.0)
     shim_class = IBQQuantizerShim
     fixed_tokens = False
+    upstream_quantizer, upstream_attrs = "IBQ's IndexPropagationQuantize", ("beta", "use_entropy_loss")
 
     def matches(self, model) -> bool:
         if not all(isinstance(getattr(model, m, None), nn.Module)
@@ -148,22 +142,10 @@ class IBQAdapter(Adapter):
             return False  # a diffusers VQModel
         return isinstance(model.quantize, IBQQuantizerShim) or hasattr(model.quantize, "use_entropy_loss")
 
-    def check_upstream_quantizer(self, model) -> None:
-        quantize = model.quantize
-        if isinstance(quantize, IBQQuantizerShim):
-            return
-        if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not hasattr(quantize, "beta"):
-            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not IBQ's IndexPropagationQuantize "
-                             "(an nn.Embedding codebook `embedding`, `beta`, `use_entropy_loss`)")
-
-    def codebook(self, model) -> torch.Tensor:
-        self.check_upstream_quantizer(model)
-        return model.quantize.embedding.weight
-
     def metric(self, model) -> str:
         return "dot"
 
-    def _down_factor(self, model) -> int:
+    def down_factor(self, model) -> int:
         if hasattr(model, "downsample_factor"):
             return int(model.downsample_factor)
         mult = _config(model).get("ch_mult")
@@ -179,13 +161,6 @@ class IBQAdapter(Adapter):
     def image_channels(self, model) -> int:
         return int(_config(model).get("in_channels", 3))
 
-    def num_tokens(self, model, image_size=None) -> int:
-        H, W = image_size or self.image_size(model)
-        f = self._down_factor(model)
-        if H % f or W % f:
-            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
-        return (H // f) * (W // f)
-
     def commitment_weight(self, model) -> float:
         return float(model.quantize.beta)
 
@@ -196,17 +171,10 @@ class IBQAdapter(Adapter):
                 "batch_maximization_weight": float(getattr(quantize, "batch_maximization_weight", 1.0))}
 
     def encode_latents(self, model, images):
-        h = model.quant_conv(model.encoder(images))  # (B, D, h, w), unquantized
-        B, D = h.shape[:2]
-        return h.permute(0, 2, 3, 1).reshape(B, -1, D)
+        return self.grid_to_tokens(model.quant_conv(model.encoder(images)))  # unquantized
 
     def decode_tokens(self, model, tokens):
-        B, T, D = tokens.shape
-        side = int(round(T ** 0.5))
-        if side * side != T:
-            raise ValueError(f"IBQ decodes square token grids; got T={T}")
-        quant = tokens.reshape(B, side, side, D).permute(0, 3, 1, 2)
-        return model.decoder(model.post_quant_conv(quant))
+        return model.decoder(model.post_quant_conv(self.tokens_to_grid(model, tokens)))
 
     def decoder_modules(self, model) -> list[nn.Module]:
         return [model.post_quant_conv, model.decoder]

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .contract import Adapter, QuantizerShim, register
+from .contract import GridAdapter, QuantizerShim, register
 
 __all__ = ["MaskGitAdapter", "MaskGitQuantizerShim"]
 
@@ -97,13 +97,15 @@ def _config(model) -> dict:
     return dict(cfg) if isinstance(cfg, dict) or hasattr(cfg, "items") else {}
 
 
-class MaskGitAdapter(Adapter):
+class MaskGitAdapter(GridAdapter):
     """MaskGIT-VQGAN: encoder -> quantize -> decoder, no quant_conv, no latent tokens."""
 
     name = "maskgit-vqgan"
     pixel_range = (0.0, 1.0)
     shim_class = MaskGitQuantizerShim
     fixed_tokens = False
+    upstream_quantizer = "MaskGIT-VQGAN's VectorQuantizer"
+    upstream_attrs = ("get_code", "get_codebook_entry")
 
     def matches(self, model) -> bool:
         if not all(isinstance(getattr(model, m, None), nn.Module) for m in ("encoder", "decoder", "quantize")):
@@ -114,22 +116,10 @@ class MaskGitAdapter(Adapter):
             return True
         return hasattr(model.quantize, "get_code") and hasattr(model.quantize, "get_codebook_entry")
 
-    def check_upstream_quantizer(self, model) -> None:
-        quantize = model.quantize
-        if isinstance(quantize, MaskGitQuantizerShim):
-            return
-        if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not hasattr(quantize, "get_code"):
-            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not MaskGIT-VQGAN's VectorQuantizer "
-                             "(an nn.Embedding codebook `embedding`, `get_code`, `get_codebook_entry`)")
-
-    def codebook(self, model) -> torch.Tensor:
-        self.check_upstream_quantizer(model)
-        return model.quantize.embedding.weight
-
     def metric(self, model) -> str:
         return "l2"
 
-    def _down_factor(self, model) -> int:
+    def down_factor(self, model) -> int:
         if hasattr(model, "downsample_factor"):
             return int(model.downsample_factor)
         mult = _config(model).get("channel_mult")
@@ -142,13 +132,6 @@ class MaskGitAdapter(Adapter):
     def image_channels(self, model) -> int:
         return int(_config(model).get("num_channels", 3))
 
-    def num_tokens(self, model, image_size=None) -> int:
-        H, W = image_size or self.image_size(model)
-        f = self._down_factor(model)
-        if H % f or W % f:
-            raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
-        return (H // f) * (W // f)
-
     def commitment_weight(self, model) -> float:
         return float(getattr(model.quantize, "commitment_cost", 0.25))
 
@@ -156,16 +139,10 @@ class MaskGitAdapter(Adapter):
         return {"commitment_cost": float(getattr(quantize, "commitment_cost", 0.25))}
 
     def encode_latents(self, model, images):
-        h = model.encoder(images)  # (B, C, h, w); there is no quant_conv
-        B, C = h.shape[:2]
-        return h.permute(0, 2, 3, 1).reshape(B, -1, C)
+        return self.grid_to_tokens(model.encoder(images))  # there is no quant_conv
 
     def decode_tokens(self, model, tokens):
-        B, T, C = tokens.shape
-        side = math.isqrt(T)
-        if side * side != T:
-            raise ValueError(f"MaskGIT-VQGAN decodes square token grids; got T={T}")
-        return model.decoder(tokens.reshape(B, side, side, C).permute(0, 3, 1, 2).contiguous())
+        return model.decoder(self.tokens_to_grid(model, tokens))
 
     def decoder_modules(self, model) -> list[nn.Module]:
         return [model.decoder]
