@@ -11,6 +11,13 @@ from typing import Iterator
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_directory"]
 
 
+def _default_mode() -> int:
+    """The permissions a new file gets from ``open()``: 0o666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
@@ -22,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a saved file gets what open() would give it
     try:
         yield tmp
         with open(tmp, "rb+") as f:
