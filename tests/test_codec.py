@@ -528,3 +528,23 @@ def test_fuzz_mutated_containers_raise_only_codec_errors(cm, containers, mode, d
     if data.draw(st.booleans()) and len(mutated) >= 4:
         mutated = restamp(mutated)  # get past the CRC: exercise the parser and the decoders
     _only_codec_errors(mutated, cm)
+
+
+def test_auto_mode_writes_the_smaller_payload(cm, saved):
+    x = images(4, seed=5)
+    sizes = {m: len(codec.compress(cm, x, mode=m)) for m in ("fixed", "entropy")}
+    auto = codec.compress(cm, x)  # the default
+    assert len(auto) == min(sizes.values())
+    assert codec.read_header(auto).mode == min(sizes, key=sizes.get)
+    # statistics that do not fit the images: entropy coding would cost more, so auto stores fixed-length codes
+    model = cm.model
+    q = swapped_quantizer(model)
+    codes = encode_codes(model, x)
+    counts = torch.full_like(q.usage, 1000)
+    counts[codes.groups[:, None], torch.arange(q.num_tokens)[None, :], codes.indices] = 0
+    misfit = CodecModel(model, EntropyModel(counts, torch.ones_like(q.group_counts), num_tokens=q.num_tokens))
+    fixed, entropy = (codec.compress(misfit, x, mode=m) for m in ("fixed", "entropy"))
+    assert len(entropy) > len(fixed)
+    assert codec.compress(misfit, x) == fixed
+    with pytest.raises(ValueError, match="mode must be 'auto' or one of"):
+        codec.compress(cm, x, mode="best")

@@ -9,6 +9,9 @@
     vqswitch eval --model SWAPPED_DIR_OR_REPO --data DIR [--out FILE.json] [--plots DIR] [--limit N]
     vqswitch demo [--out DIR] [--quick] [--seed S] [--no-progress]
                                                     the main job: train, swap, fine-tune, compare (CPU, minutes)
+    vqswitch compress IMAGES... --model DIR_OR_REPO -o OUT.vqs [--mode auto|entropy|fixed] [--revision REV]
+    vqswitch decompress FILE.vqs -o DIR [--model DIR_OR_REPO] [--revision REV] [--overwrite]
+    vqswitch push RUN_DIR --repo-id ORG/NAME [--revision BRANCH] [--private] [--dry-run OUT_DIR] ...
 
 Every command takes ``--json``. Errors print one ``vqswitch: error: ...`` line to stderr and
 return 2 (argparse does the same for malformed arguments). All bit counts come from
@@ -228,8 +231,9 @@ def _write_run_info(args, config, num_images: int) -> None:
 
     info = {"format": "vqswitch-run", "adapter": ADAPTER_NAMES[args.adapter], "base_model": args.model,
             "base_revision": args.revision,
-            "data": {"description": f"image folder {args.data}", "path": os.path.abspath(args.data),
-                     "num_images": num_images},
+            # only the folder's name: run.json is published with the model (`vqswitch push`), local paths are not
+            "data": {"description": f"image folder {os.path.basename(os.path.normpath(args.data))!r}",
+                     "path": os.path.basename(os.path.normpath(args.data)), "num_images": num_images},
             "num_groups": args.groups, "codebook_size": args.codebook_size,
             "losses": {"perceptual": args.perceptual, "identity": args.identity},
             "finetune": config.to_dict()}
@@ -332,10 +336,56 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """Compress image files into one container; print both modes' bits per image and bpp."""
+    from vqswitch.codec import compress_files
+
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        raise CLIError(f"no such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    try:
+        report = compress_files(args.images, args.model, args.output, mode=args.mode, revision=args.revision,
+                                progress=not args.no_progress)
+    except (TypeError, ValueError, OSError) as e:
+        raise CLIError(_one_line(e)) from None
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    r = report
+    print(f"wrote {r.path}: {r.count} image(s) of {r.height}x{r.width}, {r.total_bytes} bytes, mode {r.mode}")
+    print(f"{'mode':<8} {'bits/image':>11} {'bpp':>8}")
+    print(f"{'fixed':<8} {r.fixed_bits_per_image:>11} {r.fixed_bpp:>8.4f}")
+    change = f"{100 * r.saving:.1f}% fewer" if r.saving >= 0 else f"{-100 * r.saving:.1f}% more"
+    print(f"{'entropy':<8} {r.entropy_bits_per_image:>11.1f} {r.entropy_bpp:>8.4f}   "
+          f"({change} bits than fixed; ideal {r.information_bits_per_image:.1f})")
+    print(f"container: {r.container_bpp:.4f} bpp with header, names and checksum")
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    """Decode a container into PNGs."""
+    from vqswitch.codec import decompress_file
+
+    if not os.path.isfile(args.file):
+        raise CLIError(f"no such file: {args.file}")
+    try:
+        files = decompress_file(args.file, args.output, model=args.model, revision=args.revision,
+                                progress=not args.no_progress, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise CLIError(_one_line(e).replace("pass overwrite=True", "pass --overwrite")) from None
+    except (TypeError, ValueError, OSError) as e:
+        raise CLIError(_one_line(e)) from None
+    if args.json:
+        print(json.dumps([str(f) for f in files], indent=2))
+    else:
+        print(f"wrote {len(files)} image(s) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vqswitch`` command."""
     p = argparse.ArgumentParser(prog="vqswitch", description="Switchable token-specific codebook quantization tools.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new,finetune,eval,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{bits,info,new,finetune,eval,demo,compress,decompress,push}")
 
     def size(s):
         s.add_argument("--height", type=int, default=256, help="image height for bpp (default 256)")
@@ -410,11 +460,42 @@ def build_parser() -> argparse.ArgumentParser:
                                       "STSCQ, run the three stages, print a before/after table (CPU, minutes)"))
     d.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compress", help="compress images into one .vqs file (entropy-coded or fixed-length codes)")
+    c.add_argument("images", nargs="+", metavar="IMAGES", help="image files at the model's image size")
+    c.add_argument("--model", required=True, metavar="DIR_OR_REPO", help="a fine-tuned swapped model")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.vqs", help="the file to write (atomically)")
+    c.add_argument("--mode", choices=("auto", "entropy", "fixed"), default="auto",
+                   help="payload coding: entropy-coded, fixed-length, or auto (default): the smaller of the two")
+    c.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_compress)
+
+    x = sub.add_parser("decompress", help="decode a .vqs file into PNGs")
+    x.add_argument("file", metavar="FILE.vqs")
+    x.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the PNGs")
+    x.add_argument("--model", metavar="DIR_OR_REPO", help="the model it was compressed with (default: the one the "
+                   "file records; only for files you trust)")
+    x.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    x.add_argument("--overwrite", action="store_true", help="replace existing PNGs of the same names")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    x.set_defaults(func=cmd_decompress)
+
+    # `vqswitch push ...` is handed whole to vqswitch.publish.main (see main()); listed here for --help
+    sub.add_parser("push", help="publish a fine-tuned model (weights, entropy model, model card) to the Hub; "
+                   "see `vqswitch push --help`", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``vqswitch`` command line; returns the exit code (argparse exits 2 on bad syntax)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["push"]:  # its own parser and error handling
+        from vqswitch.publish import main as push_main
+
+        return push_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -251,10 +251,22 @@ def _as_codec_model(model, revision=None, *, what: str = "model") -> CodecModel:
 # ------------------------------------------------------------------------------------------------ images in
 
 
+AUTO = -1  # "auto": the smaller of the two payloads
+
+
 def _check_mode(mode) -> int:
+    if mode == "auto":
+        return AUTO
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be 'auto' or one of {MODES}, got {mode!r}")
     return MODES.index(mode)
+
+
+def _pick(mode_id: int, payloads: dict) -> int:
+    """The mode written: ``mode_id``, or for "auto" the smaller payload (fixed on a tie: no model needed)."""
+    if mode_id != AUTO:
+        return mode_id
+    return 1 if len(payloads[1]) < len(payloads[0]) else 0
 
 
 def _label(item, i: int) -> str:
@@ -635,13 +647,14 @@ def _check_round_trip(cm: CodecModel, data: bytes, codes: Codes) -> None:
 # ------------------------------------------------------------------------------------------------ compress
 
 
-def compress_codes(codec_model, codes: Codes, *, mode: str = "entropy", names=None) -> bytes:
+def compress_codes(codec_model, codes: Codes, *, mode: str = "auto", names=None) -> bytes:
     """Store already computed codes in a container (what :func:`compress` does after encoding the images).
 
     Args:
         codec_model: the :class:`CodecModel` the codes belong to (its identity and image size are recorded).
         codes: :class:`~vqswitch.Codes` of N >= 1 images with the model's T, K and M.
-        mode: "entropy" or "fixed". names: N str (default "000000", "000001", ...).
+        mode: "auto" (the smaller payload of the two; fixed on a tie), "entropy" or "fixed".
+        names: N str (default "000000", "000001", ...).
     Returns: the container bytes; the payload is decoded again and compared before returning.
     Raises: TypeError for a non-Codes ``codes`` or non-str names; ValueError for an unknown mode, no images, codes
         made for another T, K or M, or names of the wrong count or too long.
@@ -656,19 +669,22 @@ def compress_codes(codec_model, codes: Codes, *, mode: str = "entropy", names=No
                          f"T,K,M={cm.num_tokens},{cm.codebook_size},{cm.num_groups}")
     codes = codes.to("cpu")
     names = _check_names(names, codes.batch_size, [f"{i:06d}" for i in range(codes.batch_size)])
+    if mode_id == AUTO:
+        mode_id = _pick(mode_id, {m: _payload(cm, m, codes) for m in (0, 1)})
     data = _build(cm, mode_id, codes, names, _payload(cm, mode_id, codes))
     _check_round_trip(cm, data, codes)
     return data
 
 
-def compress(codec_model, images, *, mode: str = "entropy", names=None) -> bytes:
+def compress(codec_model, images, *, mode: str = "auto", names=None) -> bytes:
     """Compress images into one VQSF container (see the module docstring).
 
     Args:
         codec_model: a :class:`CodecModel` (or a swapped ``nn.Module``, or a folder / Hub repo id to load).
         images: (N, 3, H, W) float tensor in the model's pixel range at exactly its image size, or a list of
             PIL images / image file paths (RGB or greyscale; palette and fully opaque RGBA also work).
-        mode: "entropy" (entropy-coded codes) or "fixed" (``bits_per_image`` bits per image).
+        mode: "entropy" (entropy-coded codes), "fixed" (``bits_per_image`` bits per image) or "auto" (default:
+            the smaller of the two payloads, so a file never costs more than fixed-length codes).
         names: N str stored with the images (default: file stems, else "000000", "000001", ...).
     Returns: the container bytes. The codes stored are exactly ``encode_codes(model, images)``; the payload is
         decoded again and compared before returning.
@@ -740,7 +756,7 @@ class CompressReport:
         return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
 
 
-def compress_files(paths, model, out_path, *, mode: str = "entropy", revision: str | None = None,
+def compress_files(paths, model, out_path, *, mode: str = "auto", revision: str | None = None,
                    progress: bool = True) -> CompressReport:
     """Compress image files into one container file, written atomically (nothing is left on failure).
 
@@ -750,7 +766,7 @@ def compress_files(paths, model, out_path, *, mode: str = "entropy", revision: s
         model: a :class:`CodecModel`, a swapped ``nn.Module``, or a folder / Hub repo id (loaded with
             ``revision``).
         out_path: the container file to write (replaced atomically).
-        mode: "entropy" or "fixed". progress: show a progress bar.
+        mode: "auto" (default; the smaller payload), "entropy" or "fixed". progress: show a progress bar.
     Returns: a :class:`CompressReport` (bits per image and bpp of both modes, the container's size).
     Raises: as :func:`compress`, and :func:`load_codec_model` when loading; OSError writing the file.
     """
@@ -767,6 +783,7 @@ def compress_files(paths, model, out_path, *, mode: str = "entropy", revision: s
         raise ValueError("paths is empty: there are no images to compress")
     codes = _encode(cm, source, progress)
     payloads = {0: _pack_fixed(codes), 1: cm.entropy.encode(codes.groups, codes.indices)}
+    mode_id = _pick(mode_id, payloads)
     data = _build(cm, mode_id, codes, source.names, payloads[mode_id])
     _check_round_trip(cm, data, codes)
     atomic_write_bytes(out_path, data)

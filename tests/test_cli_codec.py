@@ -1,0 +1,114 @@
+"""`vqswitch compress`, `vqswitch decompress` and `vqswitch push` as a user runs them."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqswitch.adapters import decode_codes, encode_codes, load_pretrained, save_swapped, swap_quantizer
+from vqswitch.bits import bits_per_image
+from vqswitch.cli import main
+from vqswitch.data import procedural_faces
+
+FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "maskgit_vqgan_tiny"  # 32x32 images, T = 64
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = swap_quantizer(load_pretrained(FIXTURE, adapter="maskgit-vqgan"), num_groups=2, codebook_size=16,
+                           token_specific=True)
+    q = model.quantize.quantizer
+    codes = encode_codes(model, procedural_faces(64, size=32, seed=9))
+    with torch.no_grad():  # the statistics of similar faces, as fine-tuning records them
+        q.usage.zero_()
+        for g, row in zip(codes.groups.tolist(), codes.indices):
+            q.usage[g, torch.arange(64), row] += 1
+        q.group_counts.copy_(torch.bincount(codes.groups, minlength=2))
+    folder = tmp_path_factory.mktemp("cli_codec") / "model"
+    save_swapped(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    for i, img in enumerate(procedural_faces(5, size=32, seed=3)):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"f{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def _read(path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("mode", ["entropy", "fixed", "auto"])
+def test_compress_then_decompress(model_dir, faces, tmp_path, capsys, mode):
+    out = tmp_path / "faces.vqs"
+    assert main(["compress", *map(str, faces), "--model", str(model_dir), "-o", str(out), "--mode", mode,
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    fixed = bits_per_image(64, 16, 2)
+    assert f"mode {'entropy' if mode == 'auto' else mode}" in printed
+    assert re.search(rf"^fixed +{fixed} +{fixed / 1024:.4f}$", printed, flags=re.M)  # both modes' costs
+    assert re.search(r"^entropy +[\d.]+ +[\d.]+ +\([\d.]+% fewer bits than fixed", printed, flags=re.M)
+    assert main(["compress", *map(str, faces), "--model", str(model_dir), "-o", str(out), "--mode", mode,
+                 "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 5 and report["fixed_bits_per_image"] == fixed
+    assert report["mode"] == ("entropy" if mode == "auto" else mode)  # auto: entropy coding is the smaller here
+    assert report["total_bytes"] == out.stat().st_size
+    assert report["entropy_bits_per_image"] < fixed  # skewed statistics: entropy coding saves bits
+    assert main(["decompress", str(out), "-o", str(tmp_path / "png"), "--no-progress"]) == 0
+    written = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in written] == [p.name for p in faces]
+    from vqswitch.adapters import load_swapped
+
+    model = load_swapped(model_dir)
+    x = torch.stack([_read(p) for p in faces])
+    expected = (decode_codes(model, encode_codes(model, x)).clamp(0, 1) * 255).round()
+    got = torch.stack([_read(p) for p in written]) * 255
+    assert torch.equal(got.round(), expected)  # the PNGs are the model's reconstructions of the originals
+
+
+def test_errors_are_one_line_and_leave_nothing(model_dir, faces, tmp_path, capsys):
+    out = tmp_path / "x.vqs"
+    assert main(["compress", str(tmp_path / "missing.png"), "--model", str(model_dir), "-o", str(out)]) == 2
+    assert "no such image file" in capsys.readouterr().err
+    big = tmp_path / "big.png"
+    Image.new("RGB", (48, 48)).save(big)
+    assert main(["compress", str(faces[0]), str(big), "--model", str(model_dir), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqswitch: error:") and "big.png" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert main(["compress", str(faces[0]), "--model", str(tmp_path / "nomodel"), "-o", str(out)]) == 2
+    assert "vqswitch: error:" in capsys.readouterr().err and not out.exists()
+
+    good = tmp_path / "good.vqs"
+    assert main(["compress", str(faces[0]), "--model", str(model_dir), "-o", str(good), "--no-progress"]) == 0
+    capsys.readouterr()
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad = tmp_path / "bad.vqs"
+    bad.write_bytes(bytes(data))
+    assert main(["decompress", str(bad), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "vqswitch: error:" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", "--overwrite"]) == 0
+    assert main(["decompress", str(tmp_path / "nothing.vqs"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_push_is_dispatched_to_publish(model_dir, tmp_path, capsys):
+    assert main(["push", str(model_dir), "--dry-run", str(tmp_path / "upload")]) == 0
+    assert {"config.json", "model.safetensors", "entropy_model.safetensors", "README.md"} <= {
+        p.name for p in (tmp_path / "upload").iterdir()}
+    assert main(["push", str(model_dir), "--repo-id", "not a repo"]) == 2
+    assert "error" in capsys.readouterr().err
