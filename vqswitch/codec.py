@@ -14,33 +14,7 @@ model's weights and buffers and of the entropy model. Decoding with any other mo
 codes would silently give other pictures. The container also records where the model came from (a local folder as
 given, or a Hub repo id with its resolved commit), so :func:`decompress` can load it by itself.
 
-Container format (version 1); integers little-endian::
-
-    size      field
-       4      magic b"VQSF"
-       1      format version, u8 = 1
-       1      mode, u8: 0 fixed-length, 1 entropy-coded
-      32      model identity: model_identity() of the model and entropy model that wrote it
-     2 + s    source: u16 byte length s, then s bytes of UTF-8 (s = 0: not recorded)
-     2 + r    revision: u16 byte length r, then r bytes of UTF-8 (r = 0: none)
-       4      N, number of images, u32 >= 1
-       2      H, image height in pixels, u16 >= 1
-       2      W, image width in pixels, u16 >= 1
-       4      T, tokens per image, u32 >= 1
-       4      K, codebook size, u32 >= 1
-       4      M, number of codebook groups, u32 >= 1
-    N x (2+n) names, one per image: u16 byte length n, then n bytes of UTF-8
-       8      P, payload length in bytes, u64
-       P      payload
-       4      CRC32 (zlib.crc32) of every byte before it -- always the file's last 4 bytes
-
-Payloads:
-
-* fixed (mode 0): the bitstream of :mod:`vqswitch.codes` -- for each image its group index in ``ceil(log2 M)``
-  bits then its T token indices in ``ceil(log2 K)`` bits each, most significant bit first, exactly
-  ``bits_per_image`` bits per image with no per-image padding, and zero bits up to a whole byte:
-  ``P = ceil(N * bits_per_image / 8)``;
-* entropy (mode 1): the bytes of ``EntropyModel.encode(groups, indices)`` for the whole batch.
+The container's byte format is documented in :mod:`vqswitch.container`.
 
 A reader checks the magic, the CRC, the version and every length against the bytes actually present before it
 decodes anything (a header claiming four billion images allocates nothing), and every failure to read a container
@@ -53,7 +27,6 @@ import os
 import re
 import struct
 import unicodedata
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +35,9 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_directory, atomic_write_bytes
-from .bits import bits_per_image as _bits_per_image
-from .bits import index_bits
-from .codes import Codes, _from_bits, _to_bits
+from .codes import Codes
+from .container import (FORMAT_VERSION, MAGIC, MODES, U16, CodecError, ContainerHeader, build, pack_fixed, parse,
+                        read_header, unpack_fixed)
 from .entropy import FILE_NAME as ENTROPY_FILE_NAME
 from .entropy import EntropyDecodeError, EntropyModel
 
@@ -73,22 +46,10 @@ __all__ = ["CodecError", "CodecModel", "ContainerHeader", "DecodedImages", "Comp
            "compress_files", "decompress_file",
            "output_file_names", "MAGIC", "FORMAT_VERSION", "MODES"]
 
-MAGIC = b"VQSF"
-FORMAT_VERSION = 1
-MODES = ("fixed", "entropy")  # the mode byte is the index in this tuple
-_U16, _U32 = 2**16 - 1, 2**32 - 1
-_PREFIX = struct.Struct("<4sBB32s")  # magic, version, mode, identity
-_SIZES = struct.Struct("<IHHIII")  # N, H, W, T, K, M
-_MIN_SIZE = _PREFIX.size + 2 + 2 + _SIZES.size + 8 + 4  # no names (N = 0 is invalid anyway), empty payload
 _BATCH = 32  # images encoded / decoded per model call
 _IDENTITY_TAG = b"vqswitch-codec-identity/1\0"
 _OPAQUE_MODES = ("RGB", "L", "1", "P")  # Pillow modes converted to RGB without loss
 _ALPHA_MODES = ("RGBA", "LA", "PA")  # accepted only when every pixel is fully opaque
-
-
-class CodecError(ValueError):
-    """A container could not be read: truncated, corrupted, not a VQSF file, an unsupported version, or made with
-    another model. The message says what is wrong and what to do."""
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -158,8 +119,8 @@ class CodecModel:
                 size = len((value or "").encode("utf-8"))
             except UnicodeEncodeError:
                 raise ValueError(f"{name} {value!r} is not valid UTF-8 text (an undecodable path?)") from None
-            if size > _U16:
-                raise ValueError(f"{name} is {size} bytes of UTF-8; at most {_U16} fit a container")
+            if size > U16:
+                raise ValueError(f"{name} is {size} bytes of UTF-8; at most {U16} fit a container")
         channels = adapter.image_channels(model)
         if channels != 3:
             raise ValueError(f"the codec compresses RGB images, but this model takes {channels}-channel images")
@@ -399,219 +360,18 @@ def _check_names(names, n: int, default: list[str]) -> list[str]:
             size = len(name.encode("utf-8"))
         except UnicodeEncodeError as err:
             raise ValueError(f"names[{i}] is not encodable as UTF-8 ({err.reason})") from None
-        if size > _U16:
-            raise ValueError(f"names[{i}] is {size} bytes of UTF-8; at most {_U16} fit the container")
+        if size > U16:
+            raise ValueError(f"names[{i}] is {size} bytes of UTF-8; at most {U16} fit the container")
     return names
-
-
-# ------------------------------------------------------------------------------------------------ the container
-
-
-@dataclass(frozen=True)
-class ContainerHeader:
-    """What a container says about itself (see the module docstring), read by :func:`read_header`.
-
-    ``mode`` is "fixed" or "entropy"; ``identity`` the 32-byte model identity; ``names`` one str per image;
-    ``payload_bytes`` P; ``payload_bits`` the bits the codes take: ``count * fixed_bits_per_image`` exactly in
-    fixed mode (byte padding excluded), ``8 * payload_bytes`` in entropy mode; ``total_bytes`` the container's size.
-    """
-
-    version: int
-    mode: str
-    identity: bytes
-    source: str | None
-    revision: str | None
-    count: int
-    height: int
-    width: int
-    num_tokens: int
-    codebook_size: int
-    num_groups: int
-    names: tuple[str, ...]
-    payload_bytes: int
-    payload_bits: int
-    total_bytes: int
-
-    @property
-    def identity_hex(self) -> str:
-        return self.identity.hex()
-
-    @property
-    def fixed_bits_per_image(self) -> int:
-        """``T * ceil(log2 K) + ceil(log2 M)``: what one image costs in fixed mode."""
-        return _bits_per_image(self.num_tokens, self.codebook_size, self.num_groups)
-
-    @property
-    def bits_per_image(self) -> float:
-        """Payload bits per image in this container's mode (``payload_bits / count``)."""
-        return self.payload_bits / self.count
-
-    @property
-    def bpp(self) -> float:
-        """Payload bits per pixel (``bits_per_image / (H * W)``)."""
-        return self.bits_per_image / (self.height * self.width)
-
-
-def _put_str(value: str | None) -> bytes:
-    raw = (value or "").encode("utf-8")
-    return struct.pack("<H", len(raw)) + raw
-
-
-def _pack_fixed(codes: Codes) -> bytes:
-    """The fixed-length payload: per image the group then T indices, MSB-first, zero-padded to a byte."""
-    n = codes.batch_size
-    g = codes.groups.cpu().numpy().astype(np.uint64).reshape(n, 1)
-    idx = codes.indices.cpu().numpy().astype(np.uint64)
-    bits = np.concatenate([_to_bits(g, index_bits(codes.num_groups)), _to_bits(idx, index_bits(codes.codebook_size))],
-                          axis=1)
-    return np.packbits(bits.reshape(-1)).tobytes()
-
-
-def _build(cm: CodecModel, mode_id: int, codes: Codes, names: list[str], payload: bytes) -> bytes:
-    n = codes.batch_size
-    h, w = cm.image_size
-    if n < 1:
-        raise ValueError("there are no images to compress")
-    if n > _U32:
-        raise ValueError(f"at most {_U32} images fit one container, got {n}")
-    if h > _U16 or w > _U16:
-        raise ValueError(f"images of {h}x{w} pixels do not fit the container's u16 height/width fields")
-    parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, mode_id, cm.identity), _put_str(cm.source), _put_str(cm.revision),
-             _SIZES.pack(n, h, w, cm.num_tokens, cm.codebook_size, cm.num_groups)]
-    parts += [_put_str(name) for name in names]
-    parts += [struct.pack("<Q", len(payload)), payload]
-    body = b"".join(parts)
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-class _Truncated(CodecError):
-    """A field runs past the end of the data (raised while parsing; reported as truncation)."""
-
-
-class _Cursor:
-    """Reads fields from ``data[:end]``, raising CodecError when a field runs past the end."""
-
-    def __init__(self, data: bytes, end: int):
-        self.data, self.pos, self.end = data, 0, end
-
-    def take(self, size: int, what: str) -> bytes:
-        if size > self.end - self.pos:
-            raise _Truncated(f"the container is truncated or corrupted: its {what} needs {size} bytes but only "
-                             f"{self.end - self.pos} remain; get the file again")
-        out = self.data[self.pos:self.pos + size]
-        self.pos += size
-        return out
-
-    def unpack(self, fmt: struct.Struct, what: str):
-        return fmt.unpack(self.take(fmt.size, what))
-
-    def text(self, what: str) -> str:
-        (size,) = struct.unpack("<H", self.take(2, f"{what} length"))
-        raw = self.take(size, what)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CodecError(f"the container is corrupted: its {what} is not valid UTF-8; get the file again") from None
-
-
-def _parse_fields(data: bytes) -> tuple[dict, int, int]:
-    """Parse every header field of ``data`` (CRC excluded) -> (fields, payload offset, payload length)."""
-    cur = _Cursor(data, len(data) - 4)
-    _, version, mode_id, identity = cur.unpack(_PREFIX, "header")
-    source, revision = cur.text("source"), cur.text("revision")
-    n, h, w, t, k, m = cur.unpack(_SIZES, "image sizes")
-    if 2 * n > cur.end - cur.pos:  # every name takes >= 2 bytes: bound N before looping over it
-        raise _Truncated(f"the container is truncated or corrupted: it claims {n} images but has room for at most "
-                         f"{(cur.end - cur.pos) // 2} names; get the file again")
-    names = tuple(cur.text(f"name of image {i}") for i in range(n))
-    (size,) = struct.unpack("<Q", cur.take(8, "payload length"))
-    payload_at = cur.pos
-    cur.take(size, "payload")
-    if cur.pos != cur.end:
-        raise CodecError(f"the container has {cur.end - cur.pos} unexpected bytes after its payload (corrupted or "
-                         "two files joined?); get the file again")
-    fields = dict(version=version, mode_id=mode_id, identity=identity, source=source or None,
-                  revision=revision or None, count=n, height=h, width=w, num_tokens=t, codebook_size=k,
-                  num_groups=m, names=names, payload_bytes=size)
-    return fields, payload_at, size
-
-
-def _parse(data) -> tuple[ContainerHeader, bytes]:
-    """Check and parse a whole container -> (header, payload bytes). Raises CodecError, TypeError for non-bytes."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if data[:4] != MAGIC[:len(data[:4])]:
-        raise CodecError(f"not a vqswitch compressed-image file (it starts with {data[:8]!r}, expected the magic "
-                         f"{MAGIC!r}); give a file written by vqswitch.codec.compress")
-    if len(data) < _MIN_SIZE:
-        raise CodecError(f"the container is truncated: {len(data)} bytes is less than the smallest possible "
-                         f"container ({_MIN_SIZE} bytes); get the file again")
-    (crc,) = struct.unpack("<I", data[-4:])
-    version = data[4]
-    if zlib.crc32(data[:-4]) != crc:
-        what = "corrupted"
-        if version == FORMAT_VERSION:
-            try:
-                _parse_fields(data)
-            except _Truncated:  # a length that runs past the end: most likely a cut-off file
-                what = "truncated or corrupted"
-            except CodecError:
-                pass
-        raise CodecError(f"the container is {what}: its CRC32 does not match its content; get the file again")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"unsupported container format version {version}: this vqswitch reads version "
-                         f"{FORMAT_VERSION}; upgrade vqswitch to read it")
-    fields, at, size = _parse_fields(data)
-    mode_id = fields.pop("mode_id")
-    if mode_id >= len(MODES):
-        raise CodecError(f"the container has an unknown mode {mode_id} (known: 0 fixed, 1 entropy); it is corrupted "
-                         "or from a newer vqswitch")
-    for key in ("count", "height", "width", "num_tokens", "codebook_size", "num_groups"):
-        if fields[key] == 0:
-            raise CodecError(f"the container is corrupted: its {key} is 0")
-    bpi = _bits_per_image(fields["num_tokens"], fields["codebook_size"], fields["num_groups"])
-    if mode_id == 0:
-        want = (fields["count"] * bpi + 7) // 8
-        if size != want:
-            raise CodecError(f"the container is corrupted: a fixed-length payload of {fields['count']} images of "
-                             f"{bpi} bits is {want} bytes, but it holds {size}")
-        bits = fields["count"] * bpi
-    else:
-        bits = 8 * size
-    header = ContainerHeader(mode=MODES[mode_id], payload_bits=bits, total_bytes=len(data), **fields)
-    return header, data[at:at + size]
-
-
-def read_header(data: bytes) -> ContainerHeader:
-    """Check a whole container (magic, CRC, version, every length) and return its header, decoding no codes.
-
-    Raises CodecError for anything that is not a complete, intact VQSF container of a known version;
-    TypeError when ``data`` is not bytes-like.
-    """
-    return _parse(data)[0]
 
 
 # ------------------------------------------------------------------------------------------------ codes <-> payload
 
 
-def _unpack_fixed(payload: bytes, header: ContainerHeader) -> tuple[np.ndarray, np.ndarray]:
-    n, t, k, m = header.count, header.num_tokens, header.codebook_size, header.num_groups
-    bpi = header.fixed_bits_per_image
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-    if bits[n * bpi:].any():
-        raise CodecError("the container is corrupted: nonzero padding bits after the fixed-length codes")
-    bits = bits[:n * bpi].reshape(n, bpi)
-    gb = index_bits(m)
-    groups = _from_bits(bits[:, :gb], 1, gb)[:, 0]
-    indices = _from_bits(bits[:, gb:], t, index_bits(k))
-    return groups, indices
-
-
 def _decode_payload(payload: bytes, header: ContainerHeader, cm: CodecModel) -> Codes:
     n, t, k, m = header.count, header.num_tokens, header.codebook_size, header.num_groups
     if header.mode == "fixed":
-        groups, indices = _unpack_fixed(payload, header)
+        groups, indices = unpack_fixed(payload, header)
         groups, indices = torch.from_numpy(groups.astype(np.int64)), torch.from_numpy(indices.astype(np.int64))
     else:
         try:
@@ -631,13 +391,13 @@ def _decode_payload(payload: bytes, header: ContainerHeader, cm: CodecModel) -> 
 
 def _payload(cm: CodecModel, mode_id: int, codes: Codes) -> bytes:
     if mode_id == 0:
-        return _pack_fixed(codes)
+        return pack_fixed(codes)
     return cm.entropy.encode(codes.groups, codes.indices)
 
 
 def _check_round_trip(cm: CodecModel, data: bytes, codes: Codes) -> None:
     """Decode what was just written and compare: the codec is lossless on codes, or it raises."""
-    header, payload = _parse(data)
+    header, payload = parse(data)
     back = _decode_payload(payload, header, cm)
     if back != codes:
         raise RuntimeError(f"internal error: the {header.mode} payload does not decode to the codes it was made from "
@@ -671,7 +431,8 @@ def compress_codes(codec_model, codes: Codes, *, mode: str = "auto", names=None)
     names = _check_names(names, codes.batch_size, [f"{i:06d}" for i in range(codes.batch_size)])
     if mode_id == AUTO:
         mode_id = _pick(mode_id, {m: _payload(cm, m, codes) for m in (0, 1)})
-    data = _build(cm, mode_id, codes, names, _payload(cm, mode_id, codes))
+    payload = _payload(cm, mode_id, codes)
+    data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, names, payload)
     _check_round_trip(cm, data, codes)
     return data
 
@@ -782,9 +543,9 @@ def compress_files(paths, model, out_path, *, mode: str = "auto", revision: str 
     if len(source) == 0:
         raise ValueError("paths is empty: there are no images to compress")
     codes = _encode(cm, source, progress)
-    payloads = {0: _pack_fixed(codes), 1: cm.entropy.encode(codes.groups, codes.indices)}
+    payloads = {0: pack_fixed(codes), 1: cm.entropy.encode(codes.groups, codes.indices)}
     mode_id = _pick(mode_id, payloads)
-    data = _build(cm, mode_id, codes, source.names, payloads[mode_id])
+    data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, source.names, payloads[mode_id])
     _check_round_trip(cm, data, codes)
     atomic_write_bytes(out_path, data)
     info = torch.as_tensor(cm.entropy.information_bits(codes.groups, codes.indices), dtype=torch.float64)
@@ -858,7 +619,7 @@ def decompress_codes(data: bytes, codec_model=None, *, revision: str | None = No
     mode, its entropy model). Returns (header, codes): CPU int64 :class:`~vqswitch.Codes`, exactly those compressed.
     Raises: as :func:`decompress`.
     """
-    header, payload = _parse(data)
+    header, payload = parse(data)
     cm = _model_for(header, codec_model, revision)
     return header, _decode_payload(payload, header, cm)
 
@@ -877,7 +638,7 @@ def decompress(data: bytes, codec_model=None, *, revision: str | None = None) ->
         with another model (naming both identities), or whose recorded model cannot be loaded; TypeError when
         ``data`` is not bytes-like.
     """
-    header, payload = _parse(data)
+    header, payload = parse(data)
     cm = _model_for(header, codec_model, revision)
     codes = _decode_payload(payload, header, cm)
     images = torch.cat(list(_reconstruct(cm, codes)))
@@ -936,7 +697,7 @@ def decompress_file(path, out_dir, *, model=None, revision: str | None = None, p
         writing.
     """
     data = Path(path).read_bytes()
-    header, payload = _parse(data)
+    header, payload = parse(data)
     cm = _model_for(header, model, revision)
     codes = _decode_payload(payload, header, cm)
     out_dir = Path(out_dir)
