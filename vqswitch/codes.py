@@ -35,7 +35,7 @@ import torch
 from .atomic import atomic_write_bytes
 from .bits import bits_per_image, index_bits
 
-__all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE"]
+__all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "pack_payload", "unpack_payload"]
 
 MAGIC = b"VQSC"
 FORMAT_VERSION = 1
@@ -73,6 +73,37 @@ def _from_bits(bits: np.ndarray, cols: int, width: int) -> np.ndarray:
     shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
     b = bits.reshape(bits.shape[0], cols, width).astype(np.uint64)
     return (b << shifts).sum(axis=-1, dtype=np.uint64)
+
+
+def pack_payload(groups: np.ndarray, indices: np.ndarray, codebook_size: int, num_groups: int) -> bytes:
+    """The fixed-length bitstream: per image its group in ``index_bits(M)`` bits, then its T indices in
+    ``index_bits(K)`` bits each, MSB-first, no per-image padding, zero bits up to a whole byte.
+
+    groups: (N,) integers in [0, M); indices: (N, T) integers in [0, K) (not checked here).
+    """
+    n = int(indices.shape[0])
+    g = np.asarray(groups).astype(np.uint64).reshape(n, 1)
+    idx = np.asarray(indices).astype(np.uint64)  # (N, T)
+    bit_matrix = np.concatenate([_to_bits(g, index_bits(num_groups)), _to_bits(idx, index_bits(codebook_size))], axis=1)
+    return np.packbits(bit_matrix.reshape(-1)).tobytes()
+
+
+def unpack_payload(payload: bytes, count: int, num_tokens: int, codebook_size: int,
+                   num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`pack_payload` -> (groups (N,) uint64, indices (N, T) uint64), values unchecked.
+
+    ``payload`` must hold at least ``ceil(N * bits_per_image / 8)`` bytes (the caller checks the length).
+    Raises ValueError for nonzero padding bits after the last image.
+    """
+    bpi = bits_per_image(num_tokens, codebook_size, num_groups)
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+    if bits[count * bpi:].any():
+        raise ValueError("nonzero padding bits after the fixed-length codes")
+    bits = bits[:count * bpi].reshape(count, bpi)
+    gb = index_bits(num_groups)
+    groups = _from_bits(bits[:, :gb], 1, gb)[:, 0]
+    indices = _from_bits(bits[:, gb:], num_tokens, index_bits(codebook_size))
+    return groups, indices
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,10 +219,7 @@ class Codes:
         for name, v in (("num_tokens", t), ("codebook_size", k), ("num_groups", m), ("batch_size", n)):
             if v > _U32_MAX:
                 raise ValueError(f"{name}={v} does not fit the stream's u32 header field")
-        g = self.groups.cpu().numpy().astype(np.uint64).reshape(n, 1)
-        idx = self.indices.cpu().numpy().astype(np.uint64)
-        bit_matrix = np.concatenate([_to_bits(g, index_bits(m)), _to_bits(idx, index_bits(k))], axis=1)
-        payload = np.packbits(bit_matrix.reshape(-1)).tobytes()
+        payload = pack_payload(self.groups.cpu().numpy(), self.indices.cpu().numpy(), k, m)
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, t, k, m, n, 0)[:_CRC_OFFSET]
         crc = zlib.crc32(payload, zlib.crc32(head))
         return head + struct.pack("<I", crc) + payload
@@ -234,13 +262,10 @@ class Codes:
         if any(v is not None and v != have for v, have in zip(want.values(), (t, k, m))):
             expects = ",".join(f"{key}={v}" for key, v in want.items() if v is not None)
             raise ValueError(f"codes were made for T={t},K={k},M={m} but the caller expects {expects}")
-        bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-        if bits[n * bpi:].any():
-            raise ValueError("codes stream has nonzero padding bits")
-        bits = bits[: n * bpi].reshape(n, bpi)
-        gb = index_bits(m)
-        groups = _from_bits(bits[:, :gb], 1, gb)[:, 0]
-        indices = _from_bits(bits[:, gb:], t, index_bits(k))
+        try:
+            groups, indices = unpack_payload(payload, n, t, k, m)
+        except ValueError as err:
+            raise ValueError(f"codes stream has {err}") from None
         if groups.size and groups.max() >= m:
             raise ValueError(f"decoded group index {int(groups.max())} >= num_groups M={m}")
         if indices.size and indices.max() >= k:

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bits import bits_per_image as _bits_per_image
-from .bits import index_bits
-from .codes import Codes, _from_bits, _to_bits
+from .codes import Codes, pack_payload, unpack_payload
 
 __all__ = ["CodecError", "ContainerHeader", "MAGIC", "FORMAT_VERSION", "MODES", "build", "parse", "read_header",
            "pack_fixed", "unpack_fixed"]
@@ -112,13 +111,9 @@ def _put_str(value: str | None) -> bytes:
 
 
 def pack_fixed(codes: Codes) -> bytes:
-    """The fixed-length payload: per image the group then T indices, MSB-first, zero-padded to a byte."""
-    n = codes.batch_size
-    g = codes.groups.cpu().numpy().astype(np.uint64).reshape(n, 1)
-    idx = codes.indices.cpu().numpy().astype(np.uint64)
-    bits = np.concatenate([_to_bits(g, index_bits(codes.num_groups)), _to_bits(idx, index_bits(codes.codebook_size))],
-                          axis=1)
-    return np.packbits(bits.reshape(-1)).tobytes()
+    """The fixed-length payload of ``codes`` (:func:`vqswitch.codes.pack_payload`)."""
+    return pack_payload(codes.groups.cpu().numpy(), codes.indices.cpu().numpy(), codes.codebook_size,
+                        codes.num_groups)
 
 
 def build(mode_id: int, identity: bytes, source: str | None, revision: str | None, image_size: tuple[int, int],
@@ -255,13 +250,8 @@ def read_header(data: bytes) -> ContainerHeader:
 
 
 def unpack_fixed(payload: bytes, header: ContainerHeader) -> tuple[np.ndarray, np.ndarray]:
-    n, t, k, m = header.count, header.num_tokens, header.codebook_size, header.num_groups
-    bpi = header.fixed_bits_per_image
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-    if bits[n * bpi:].any():
-        raise CodecError("the container is corrupted: nonzero padding bits after the fixed-length codes")
-    bits = bits[:n * bpi].reshape(n, bpi)
-    gb = index_bits(m)
-    groups = _from_bits(bits[:, :gb], 1, gb)[:, 0]
-    indices = _from_bits(bits[:, gb:], t, index_bits(k))
-    return groups, indices
+    """(groups (N,), indices (N, T)) uint64 of a fixed-length payload; CodecError for nonzero padding bits."""
+    try:
+        return unpack_payload(payload, header.count, header.num_tokens, header.codebook_size, header.num_groups)
+    except ValueError as err:
+        raise CodecError(f"the container is corrupted: {err}") from None
