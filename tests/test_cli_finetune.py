@@ -53,6 +53,14 @@ def test_finetune_then_eval(tmp_path, faces, capsys):
     result = json.loads(out.read_text())
     assert result["images"] == 12 and result["bits_per_image"] == 257
     assert result["bpp"] == pytest.approx(257 / (32 * 32)) and 0 < result["ssim"] <= 1 and result["psnr"] > 0
+    from vqswitch.entropy import EntropyModel  # the entropy-coded size uses the run's saved entropy model
+
+    entropy = EntropyModel.load(run / "final" / "entropy_model.safetensors")
+    images = torch.stack([torch.from_numpy(np.asarray(PIL.open(faces / f"{i:03d}.png"), dtype=np.float32) / 255)
+                          .permute(2, 0, 1) for i in range(12)])
+    codes = encode_codes(model, images)
+    assert result["entropy_bits_per_image"] == 8 * len(entropy.encode(codes.groups, codes.indices)) / 12
+    assert result["entropy_bpp"] == pytest.approx(result["entropy_bits_per_image"] / 1024)
     x = torch.stack([torch.from_numpy(np.asarray(PIL.open(faces / "000.png"), dtype=np.float32) / 255).permute(2, 0, 1)])
     assert encode_codes(model, x).indices.shape == (1, 64)
 

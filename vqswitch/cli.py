@@ -281,21 +281,30 @@ def cmd_eval(args) -> int:
     import torch
 
     from vqswitch import metrics
-    from vqswitch.adapters import adapter_for, decode_codes, encode_codes, load_swapped
+    from vqswitch.adapters import adapter_for, decode_codes, encode_codes
+
+    from vqswitch.codec import load_codec_model
+    from vqswitch.codes import Codes
 
     try:
-        model = load_swapped(args.model, revision=args.revision)
+        codec = load_codec_model(args.model, revision=args.revision)  # the swapped model and its entropy model
+        model = codec.model
         images, folder = _image_folder(model, args.data, args.limit)
         lo, hi = adapter_for(model).pixel_range
-        originals, recons = [], []
+        originals, recons, codes = [], [], []
         for start in range(0, len(images), args.batch_size):
             x = images[start:start + args.batch_size] if isinstance(images, torch.Tensor) else \
                 torch.stack([images[i] for i in range(start, min(start + args.batch_size, len(images)))])
             originals.append(x)
-            recons.append(decode_codes(model, encode_codes(model, x)).clamp(lo, hi))
+            codes.append(encode_codes(model, x))
+            recons.append(decode_codes(model, codes[-1]).clamp(lo, hi))
         q = model.quantize.quantizer
         result = metrics.evaluate(torch.cat(originals), torch.cat(recons), data_range=hi - lo,
                                   bits_per_image=q.bits_per_image, util=q.utilization())
+        every = Codes.cat(codes).to("cpu")
+        entropy_bits = 8 * len(codec.entropy.encode(every.groups, every.indices)) / every.batch_size
+        result["entropy_bits_per_image"] = entropy_bits  # what `vqswitch compress` stores (one container)
+        result["entropy_bpp"] = entropy_bits / (result["height"] * result["width"])
         if args.plots:
             try:
                 metrics.plot_utilization(q.usage, os.path.join(args.plots, "utilization.png"))
@@ -314,6 +323,8 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         rows = [("images", result["images"]), ("bits/image", q.bits_per_image), ("bpp", f"{result['bpp']:.5f}"),
+                ("entropy bits", f"{result['entropy_bits_per_image']:.1f}"),
+                ("entropy bpp", f"{result['entropy_bpp']:.5f}"),
                 ("PSNR (dB)", "exact" if result["psnr"] is None else f"{result['psnr']:.3f}"),
                 ("SSIM", f"{result['ssim']:.4f}")]
         for name, value in rows:
