@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "format_table", "add_arguments", "main"]
+__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped",
+           "format_table", "add_arguments", "main"]
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,12 @@ def train_baseline(model, images: torch.Tensor, cfg: DemoConfig, *, seed: int, p
 
 
 @torch.no_grad()
-def _evaluate_baseline(model, images: torch.Tensor, cfg: DemoConfig) -> tuple[dict, torch.Tensor]:
+def evaluate_baseline(model, images: torch.Tensor, cfg: DemoConfig) -> tuple[dict, torch.Tensor]:
+    """The unswapped global-codebook MaskGitVQGAN on images (N, 3, H, W) in [0, 1] -> (metrics, reconstructions).
+
+    metrics: :func:`vqswitch.metrics.evaluate`'s dict (with utilisation) plus num_tokens, codebook_size (K0),
+    num_groups (1), token_specific (False) and utilization_mean; reconstructions (N, 3, H, W) clamped to [0, 1].
+    """
     from vqswitch.bits import bits_per_image
     from vqswitch.codebooks import utilization
     from vqswitch.metrics import evaluate
@@ -190,7 +196,10 @@ def _evaluate_baseline(model, images: torch.Tensor, cfg: DemoConfig) -> tuple[di
 
 
 @torch.no_grad()
-def _evaluate_stscq(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """A swapped model through its codes (encode_codes -> decode_codes) on images (N, 3, H, W) in [0, 1]
+    -> (metrics, reconstructions), as :func:`evaluate_baseline` plus group_counts; usage is counted on these images.
+    """
     from vqswitch.adapters import decode_codes, encode_codes, swapped_quantizer
     from vqswitch.codebooks import utilization
     from vqswitch.metrics import evaluate
@@ -291,7 +300,7 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
                          attn_resolutions=(), z_channels=cfg.z_channels, num_embeddings=cfg.codebook_size0,
                          quantized_embed_dim=cfg.z_channels)
     baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
-    baseline, baseline_recon = _evaluate_baseline(model, test, cfg)
+    baseline, baseline_recon = evaluate_baseline(model, test, cfg)
 
     # 3. swap in STSCQ (M groups of K codes, token-shared, data-driven start) and run the three stages
     with torch.no_grad():
@@ -305,7 +314,7 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         stage3=StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size,
                            l2_weight=1.0))
     model = Finetuner(model, train, run_dir, ft_config).run()
-    stscq, stscq_recon = _evaluate_stscq(model, test)
+    stscq, stscq_recon = evaluate_swapped(model, test)
 
     # 4. report and save
     save_swapped(model, out / "checkpoint")

@@ -1,0 +1,740 @@
+"""Rate-distortion on procedural faces: a global-codebook VQ baseline against STSCQ at matched bits.
+
+    python benchmarks/bench_rate_distortion.py [--quick] [--seed 0] [--json-out PATH] [--plot PATH | --no-plot]
+        [--baseline-k 16,32,64,128] [--stscq-m 1,4,16] [--stscq-k 16,32,64] [--shared-m M,...]
+        [--baseline-stage1 matched|same] [--upstream-steps 2000] [--seed-repeats 2] [--no-progress]
+
+Protocol (every setting starts from the same upstream model, so only the quantizer and the decoder's adaptation
+to it differ):
+
+1. Draw procedural faces (:class:`vqswitch.data.ProceduralFaces`): training faces and held-out test faces (the
+   images after the training ones); every row is evaluated on the same test faces.
+2. Train ONE upstream tokenizer, a small MaskGIT-VQGAN with a global codebook of K0 codes, as ``vqswitch demo``
+   does (:func:`vqswitch.demo.train_baseline`) but for 2000 steps (``--upstream-steps``): after the demo's 300 the
+   autoencoder itself is the bottleneck and every quantizer lands within a few tenths of a dB of every other.
+   Its encoder is frozen from here on.
+3. For every setting, copy the upstream model and swap in a quantizer started from a k-means of the (same)
+   training latents (``swap_quantizer(..., init="latents")``), then fine-tune with
+   :class:`vqswitch.train.finetune.Finetuner`:
+
+   * baseline at K codes: M = 1, one token-shared (global) codebook; stage 1 (the codebook) then stage 3 (the
+     decoder). There is no stage 2: a global codebook has no token-specific stage. With
+     ``--baseline-stage1 matched`` (default) its stage 1 runs as many steps as STSCQ's stages 1 and 2 together, so
+     it gets the same quantizer-training budget; ``same`` gives it STSCQ's stage-1 steps only.
+   * STSCQ (M, K): M groups; stages 1, 2 (token-specific codebooks) and 3. M = 1 is token-specific codebooks alone
+     (no switching); M > 1 adds the switch. ``--shared-m`` adds switchable-only rows (M groups of token-shared
+     codebooks, stages 1 and 3, the stage-1 budget as the baseline's).
+   * every setting gets the SAME stage-3 decoder steps, learning rate and batches (same seed), so decoder
+     adaptation is no advantage of either method.
+
+4. Evaluate: bits/image = T*ceil(log2 K) + ceil(log2 M), bpp = bits / (H*W), PSNR (mean of per-image PSNRs),
+   SSIM, codebook utilisation on the test faces. Reconstructions are clamped to [0, 1] first. The bits count the
+   indices only; the codebooks belong to the decoder, and their size (``codebook_params`` = M * T' * K * D, T' = T
+   for token-specific codebooks, else 1) is reported beside them because it differs by orders of magnitude.
+
+The verdict is computed from the rows, nothing typed in. Each STSCQ point is compared with
+
+* the baseline curve at the same bpp: PSNR linearly interpolated in bpp between the two baseline points around
+  it (points outside the baseline's bpp range are "out of range": no extrapolation); the paired standard error
+  comes from the per-image PSNR differences on the shared test faces (test-sample noise only: one training
+  seed, so seed-to-seed variation is not in it);
+* the cheapest baseline spending at least as many bits (a stricter test: that baseline has more bits);
+* the baseline with the same K (fewer bits by ceil(log2 M)).
+
+Two references bound what the numbers can say: the "ceiling" (the upstream decoder on unquantized encoder tokens)
+and the fine-tuning seed noise (the middle baseline fine-tuned again with seeds seed + 1, seed + 2, ...,
+``--seed-repeats``): a margin smaller than the largest such change is not evidence either way. Re-running the same
+command reproduces the rows up to the float non-determinism of threaded CPU kernels, which training can amplify to a
+few hundredths of a dB.
+
+Outcome per point: "beats" (delta > 2 SE), "beats (within noise)" (0 < delta <= 2 SE), "loses (within noise)",
+"loses" (delta < -2 SE) or "out of range". The ablation lines compare token-specific codebooks alone (M = 1) with
+the switchable ones (M > 1) at each K, on the same images.
+
+Writes JSON (``--json-out``, atomically; default ``benchmarks/results/rate_distortion.json``, or
+``rate_distortion_quick.json`` with ``--quick``) and, when matplotlib can be imported, a bpp-vs-PSNR PNG (``--plot``;
+skipped with a message otherwise). ``--quick`` is a tiny run (seconds) whose numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+__all__ = ["Setting", "RDConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "baseline_curve",
+           "compute_verdict", "format_table", "format_verdict", "write_plot", "main"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: outcome labels, from best to worst for STSCQ
+OUTCOMES = ("beats", "beats (within noise)", "loses (within noise)", "loses", "out of range")
+BASELINE_STAGE1 = ("matched", "same")
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the benchmark.
+
+    method: "baseline" (M = 1, token-shared global codebook) or "stscq"; num_groups: M; codebook_size: K;
+    token_specific: whether stage 2 makes the codebooks token-specific.
+    """
+
+    method: str
+    num_groups: int
+    codebook_size: int
+    token_specific: bool
+
+    def __post_init__(self):
+        if self.method not in ("baseline", "stscq"):
+            raise ValueError(f"method must be 'baseline' or 'stscq', got {self.method!r}")
+        for name in ("num_groups", "codebook_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.token_specific, bool):
+            raise TypeError(f"token_specific must be a bool, got {type(self.token_specific).__name__}")
+        if self.method == "baseline" and (self.num_groups != 1 or self.token_specific):
+            raise ValueError("a baseline setting has num_groups=1 and token_specific=False")
+
+    @property
+    def stages(self) -> tuple:
+        """The fine-tuning stages run: (1, 2, 3) for token-specific codebooks, else (1, 3)."""
+        return (1, 2, 3) if self.token_specific else (1, 3)
+
+    @property
+    def label(self) -> str:
+        if self.method == "baseline":
+            return f"baseline K={self.codebook_size}"
+        kind = "" if self.token_specific else " shared"
+        return f"STSCQ M={self.num_groups} K={self.codebook_size}{kind}"
+
+    @property
+    def family(self) -> str:
+        """The curve this point belongs to in the plot (same method, M and codebook kind)."""
+        if self.method == "baseline":
+            return "baseline (global codebook)"
+        return f"STSCQ M={self.num_groups} {'token-specific' if self.token_specific else 'token-shared'}"
+
+
+def _int_tuple(name: str, values, minimum: int = 1) -> tuple:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
+    out = tuple(values)
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"{name} must hold ints >= {minimum}, got {v!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated values: {out}")
+    return out
+
+
+@dataclass(frozen=True)
+class RDConfig:
+    """The benchmark's sizes and settings.
+
+    tokenizer: a :class:`vqswitch.demo.DemoConfig` (image size, data sizes, the upstream model, its training, the
+        stage steps and learning rates; its num_groups / codebook_size fields are unused here).
+    baseline_k: K of the global-codebook baselines; stscq_m x stscq_k: the token-specific STSCQ grid;
+    shared_m: M of switchable-only rows (token-shared codebooks) at every stscq_k (the ablation; may be empty);
+    baseline_stage1: "matched" (stage 1 of rows without stage 2 runs stage1 + stage2 steps) or "same";
+    seed_repeats: how many times the middle baseline is fine-tuned again with another seed (seed + 1, ...), from
+        the same upstream model: the spread of its PSNR is the fine-tuning seed noise the verdict compares with.
+    """
+
+    tokenizer: object
+    baseline_k: tuple = (16, 32, 64, 128)
+    stscq_m: tuple = (1, 4, 16)
+    stscq_k: tuple = (16, 32, 64)
+    shared_m: tuple = ()
+    baseline_stage1: str = "matched"
+    seed_repeats: int = 2
+
+    def check(self) -> "RDConfig":
+        """Validate (returns self). Raises TypeError/ValueError naming the field."""
+        from vqswitch.demo import DemoConfig
+
+        if not isinstance(self.tokenizer, DemoConfig):
+            raise TypeError(f"tokenizer must be a vqswitch.demo.DemoConfig, got {type(self.tokenizer).__name__}")
+        K0 = self.tokenizer.codebook_size0
+        for name in ("baseline_k", "stscq_k"):
+            ks = _int_tuple(name, getattr(self, name))
+            if not ks:
+                raise ValueError(f"{name} must not be empty")
+            if max(ks) > K0:
+                raise ValueError(f"{name} values must be <= codebook_size0 K0={K0}, got {max(ks)}")
+        if len(_int_tuple("baseline_k", self.baseline_k)) < 2:
+            raise ValueError("baseline_k needs at least 2 values (a curve to compare with)")
+        if not _int_tuple("stscq_m", self.stscq_m):
+            raise ValueError("stscq_m must not be empty")
+        for m in _int_tuple("shared_m", self.shared_m):
+            if m < 2:
+                raise ValueError(f"shared_m values must be >= 2 (M=1 token-shared is the baseline), got {m}")
+        r = self.seed_repeats
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"seed_repeats must be an int >= 0, got {r!r}")
+        if self.baseline_stage1 not in BASELINE_STAGE1:
+            raise ValueError(f"baseline_stage1 must be one of {BASELINE_STAGE1}, got {self.baseline_stage1!r}")
+        return self
+
+    def stage_steps(self, setting: Setting) -> dict:
+        """{stage: optimizer steps} for ``setting`` (stages it does not run are absent)."""
+        c = self.tokenizer
+        s1 = c.stage1_steps
+        if 2 not in setting.stages and self.baseline_stage1 == "matched":
+            s1 += c.stage2_steps
+        steps = {1: s1, 2: c.stage2_steps, 3: c.stage3_steps}
+        return {s: steps[s] for s in setting.stages}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tokenizer"] = {**asdict(self.tokenizer), "channel_mult": list(self.tokenizer.channel_mult)}
+        for k in ("baseline_k", "stscq_m", "stscq_k", "shared_m"):
+            d[k] = list(d[k])
+        return d
+
+
+def _default_configs():
+    from vqswitch.demo import FULL as DEMO_FULL
+    from vqswitch.demo import QUICK as DEMO_QUICK
+
+    # the demo's tokenizer trained longer (2000 steps instead of 300): at 300 steps the autoencoder itself is the
+    # bottleneck (quantizing with K0 codes cost 0.05 dB) and every quantizer lands within a few tenths of a dB
+    full = RDConfig(tokenizer=replace(DEMO_FULL, num_test=256, baseline_steps=2000))
+    quick = RDConfig(tokenizer=replace(DEMO_QUICK, num_test=16), baseline_k=(4, 8, 16), stscq_m=(1, 4),
+                     stscq_k=(4, 8), seed_repeats=1)
+    return full, quick
+
+
+FULL, QUICK = _default_configs()
+
+
+def settings_for(config: RDConfig) -> list[Setting]:
+    """Every setting of ``config``: the baselines (by K), then STSCQ token-specific (by M, then K), then the
+    switchable-only rows. Raises as :meth:`RDConfig.check`."""
+    config.check()
+    out = [Setting("baseline", 1, k, False) for k in sorted(config.baseline_k)]
+    out += [Setting("stscq", m, k, True) for m in sorted(config.stscq_m) for k in sorted(config.stscq_k)]
+    out += [Setting("stscq", m, k, False) for m in sorted(config.shared_m) for k in sorted(config.stscq_k)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return seed
+
+
+def _encoder_state(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.encoder.parameters()]
+
+
+def _row(setting: Setting | None, result: dict, per_image_psnr: torch.Tensor, *, dim: int, stages, steps, seconds,
+         encoder_unchanged) -> dict:
+    """One JSON row from :func:`vqswitch.demo`'s evaluation dict; ``per_image_psnr``: (N,) float dB; ``dim``: D."""
+    util = result.get("utilization", {}).get("overall", {})
+    books = result["num_groups"] * (result["num_tokens"] if result["token_specific"] else 1)
+    row = {
+        "method": setting.method if setting else "upstream",
+        "label": setting.label if setting else f"upstream K0={result['codebook_size']} (not fine-tuned)",
+        "family": setting.family if setting else "upstream",
+        "num_groups": result["num_groups"], "codebook_size": result["codebook_size"],
+        "token_specific": bool(result["token_specific"]), "num_tokens": result["num_tokens"],
+        "stages": list(stages), "stage_steps": {str(k): v for k, v in steps.items()},
+        "codebook_params": books * result["codebook_size"] * dim,
+        "bits_per_image": result["bits_per_image"], "bpp": result["bpp"], "psnr": result["psnr"],
+        "ssim": result["ssim"], "utilization_mean": result["utilization_mean"],
+        "utilization_min": util.get("min"), "utilization_max": util.get("max"),
+        "group_counts": result.get("group_counts"), "images": result["images"],
+        "psnr_per_image": [float(v) for v in per_image_psnr.tolist()],
+        "seconds": round(seconds, 2), "encoder_unchanged": encoder_unchanged,
+    }
+    return row
+
+
+def _finetune_and_evaluate(upstream, setting: Setting, config: RDConfig, train: torch.Tensor, test: torch.Tensor,
+                           latents: torch.Tensor, seed: int, on_step) -> dict:
+    """Copy ``upstream``, swap in ``setting``'s quantizer (k-means of ``latents`` (N, T, D) float), fine-tune its
+    stages on ``train`` (N, 3, H, W) float in [0, 1] and evaluate on ``test``; returns the row."""
+    from vqswitch.adapters import swap_quantizer
+    from vqswitch.demo import evaluate_swapped
+    from vqswitch.metrics import psnr
+    from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
+
+    cfg = config.tokenizer
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = copy.deepcopy(upstream)
+    encoder0 = _encoder_state(model)
+    swap_quantizer(model, num_groups=setting.num_groups, codebook_size=setting.codebook_size, token_specific=False,
+                   init="latents", latents=latents, seed=seed)
+    steps = config.stage_steps(setting)
+    stage = {s: StageConfig(steps=steps.get(s, 0), lr=cfg.stage3_lr if s == 3 else cfg.stage12_lr,
+                            batch_size=cfg.stage_batch_size, l2_weight=1.0) for s in (1, 2, 3)}
+    ft = FinetuneConfig(stages=setting.stages, seed=seed, progress=False, log_every=0,
+                        stage1=stage[1], stage2=stage[2], stage3=stage[3])
+    with tempfile.TemporaryDirectory(prefix="vqswitch-rd-") as run_dir:
+        model = Finetuner(model, train, run_dir, ft, callback=lambda *a: on_step()).run()
+    result, recon = evaluate_swapped(model, test)
+    same = all(torch.equal(a, b) for a, b in zip(encoder0, _encoder_state(model)))
+    return _row(setting, result, psnr(test, recon, 1.0, reduction="none"), dim=cfg.z_channels,
+                stages=setting.stages, steps=steps,
+                seconds=time.perf_counter() - t0, encoder_unchanged=same)
+
+
+def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: int = 0,
+                  progress: bool = True) -> dict:
+    """Run the protocol of the module docstring and return the result (what the JSON holds).
+
+    Args:
+        config: sizes and settings (default :data:`FULL`, or :data:`QUICK` with ``quick=True``).
+        quick: use :data:`QUICK` when ``config`` is None (recorded in the result).
+        seed: int >= 0; seeds the data, the upstream model, every quantizer start and the batch order (the same
+            batches for every setting).
+        progress: tqdm bars (upstream training, then one bar over all fine-tuning steps).
+    Returns:
+        ``{"benchmark", "config", "seed", "quick", "data", "machine", "upstream", "unquantized", "rows",
+        "repeats", "verdict", "wall_seconds"}``; ``rows`` holds one dict per setting (method, label, family,
+        num_groups, codebook_size, token_specific, stages, stage_steps, bits_per_image, bpp, psnr, ssim,
+        utilization_mean/min/max, group_counts, psnr_per_image (float dB per test face), seconds,
+        encoder_unchanged); ``upstream`` is the same for the upstream model as trained; ``unquantized`` is
+        {psnr, ssim} of its decoder on unquantized encoder tokens (the ceiling); ``repeats`` are rows of the middle
+        baseline fine-tuned with seeds seed+1.. (with ``repeat_of`` and ``finetune_seed``); ``verdict`` is
+        :func:`compute_verdict` of rows and repeats.
+    Raises:
+        TypeError/ValueError for bad arguments; FloatingPointError when training diverges.
+    """
+    from tqdm.auto import tqdm
+
+    from vqswitch.adapters import adapter_for, encode_latents
+    from vqswitch.adapters.models.maskgit_vqgan import MaskGitVQGAN
+    from vqswitch.data import ProceduralFaces
+    from vqswitch.demo import evaluate_baseline, train_baseline
+    from vqswitch.metrics import psnr, ssim
+
+    seed = _check_seed(seed)
+    if not isinstance(quick, bool):
+        raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
+    if config is None:
+        config = QUICK if quick else FULL
+    if not isinstance(config, RDConfig):
+        raise TypeError(f"config must be an RDConfig, got {type(config).__name__}")
+    settings = settings_for(config)
+    cfg = config.tokenizer
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+
+    # 1. data: the test faces are the images after the training ones, shared by every row
+    n = cfg.num_train + cfg.num_test
+    images = ProceduralFaces(n, cfg.image_size, seed=seed, pixel_range=(0.0, 1.0)).get_batch(range(n))
+    train, test = images[:cfg.num_train].contiguous(), images[cfg.num_train:].contiguous()
+
+    # 2. the upstream tokenizer (global codebook of K0 codes), trained once
+    t0 = time.perf_counter()
+    upstream = MaskGitVQGAN(resolution=cfg.image_size, hidden_channels=cfg.hidden_channels,
+                            channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attn_resolutions=(),
+                            z_channels=cfg.z_channels, num_embeddings=cfg.codebook_size0,
+                            quantized_embed_dim=cfg.z_channels)
+    train_baseline(upstream, train, cfg, seed=seed, progress=progress)
+    up_result, up_recon = evaluate_baseline(upstream, test, cfg)
+    upstream_row = _row(None, up_result, psnr(test, up_recon, 1.0, reduction="none"), dim=cfg.z_channels,
+                        stages=[], steps={},
+                        seconds=time.perf_counter() - t0, encoder_unchanged=True)
+    with torch.no_grad():
+        latents = encode_latents(upstream, train)  # the frozen encoder's tokens: every quantizer starts from them
+        # the ceiling: the upstream decoder on the encoder's tokens, not quantized at all
+        adapter = adapter_for(upstream)
+        raw = adapter.decode_tokens(upstream, encode_latents(upstream, test)).clamp(0.0, 1.0)
+    unquantized = {"psnr": float(psnr(test, raw, 1.0)), "ssim": float(ssim(test, raw, 1.0))}
+
+    # 3. every setting from a copy of the upstream model; then the repeats (another fine-tuning seed)
+    repeat_setting = Setting("baseline", 1, sorted(config.baseline_k)[(len(config.baseline_k) - 1) // 2], False)
+    jobs = [(s, seed) for s in settings] + [(repeat_setting, seed + i) for i in range(1, config.seed_repeats + 1)]
+    total = sum(sum(config.stage_steps(s).values()) for s, _ in jobs)
+    bar = tqdm(total=total, desc="fine-tuning", disable=not progress)
+    rows, repeats = [], []
+    for setting, ft_seed in jobs:
+        bar.set_postfix_str(setting.label + (f" (seed {ft_seed})" if ft_seed != seed else ""))
+        row = _finetune_and_evaluate(upstream, setting, config, train, test, latents, ft_seed,
+                                     lambda *a: bar.update(1))
+        if ft_seed == seed:
+            rows.append(row)
+        else:
+            repeats.append({**row, "repeat_of": setting.label, "finetune_seed": ft_seed})
+    bar.close()
+
+    return {
+        "benchmark": "rate_distortion",
+        "config": config.to_dict(), "seed": seed, "quick": quick,
+        "data": f"ProceduralFaces seed {seed}: {cfg.num_train} training faces, test = held-out faces "
+                f"{cfg.num_train}..{n - 1} ({cfg.num_test} images of {cfg.image_size}x{cfg.image_size})",
+        "machine": _machine(),
+        "upstream": upstream_row,
+        "unquantized": unquantized,
+        "rows": rows,
+        "repeats": repeats,
+        "verdict": compute_verdict(rows, repeats),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _machine() -> dict:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(), "cpus": cpus,
+            "torch_threads": torch.get_num_threads(),
+            "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+# ------------------------------------------------------------------------------------------------ verdict
+
+
+def _mean(v) -> float:
+    return sum(v) / len(v)
+
+
+def _se(v) -> float:
+    """Standard error of the mean of ``v`` (sample std / sqrt(n)); 0.0 for a single value."""
+    if len(v) < 2:
+        return 0.0
+    m = _mean(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+
+def baseline_curve(rows: list[dict]) -> list[dict]:
+    """The baseline rows sorted by bpp, one per bpp (the best PSNR where two K spend the same bits).
+
+    rows: result rows (dicts with method, bpp, psnr, psnr_per_image). Rows whose psnr is None are left out.
+    Raises ValueError when fewer than 2 usable baseline rows remain.
+    """
+    best: dict = {}
+    for r in rows:
+        if r["method"] == "baseline" and r["psnr"] is not None:
+            if r["bpp"] not in best or r["psnr"] > best[r["bpp"]]["psnr"]:
+                best[r["bpp"]] = r
+    if len(best) < 2:
+        raise ValueError(f"the baseline curve needs at least 2 baseline rows with a PSNR, got {len(best)}")
+    return [best[b] for b in sorted(best)]
+
+
+def _outcome(delta: float, se: float) -> str:
+    if delta > 2 * se:
+        return "beats"
+    if delta > 0:
+        return "beats (within noise)"
+    if delta >= -2 * se:
+        return "loses (within noise)"
+    return "loses"
+
+
+def _paired(row: dict, weights: list[tuple[dict, float]]) -> tuple[float, float]:
+    """Mean and SE over test faces of row's PSNR minus sum(w * baseline PSNR), per image."""
+    diffs = [p - sum(w * b["psnr_per_image"][i] for b, w in weights) for i, p in enumerate(row["psnr_per_image"])]
+    return _mean(diffs), _se(diffs)
+
+
+def compute_verdict(rows: list[dict], repeats: list[dict] = ()) -> dict:
+    """Compare every STSCQ row with the baseline rows (see the module docstring).
+
+    rows: result rows as :func:`run_benchmark` makes them (method, label, num_groups, codebook_size,
+        token_specific, bits_per_image, bpp, psnr, ssim, psnr_per_image: list of float over the same test faces).
+    repeats: rows of settings fine-tuned again with another seed (each with ``repeat_of``, the label of its row):
+        the largest PSNR change among them is ``summary["seed_noise_db"]`` (None without repeats), and
+        ``summary["beats_beyond_seed_noise"]`` counts "beats" points whose margin exceeds it.
+    Returns ``{"points": [...], "ablation": [...], "summary": {...}, "lines": [str, ...]}``; each point has
+        label, bits_per_image, bpp, psnr, curve (baseline_psnr, baseline_ssim, delta_db, se_db, delta_ssim, between,
+        weight; or None when out of range), outcome, next_baseline (label, bits_per_image, delta_db, se_db, beats;
+        or None), same_k_baseline (label, bits_per_image, delta_db, se_db; or None).
+    Raises ValueError when the baseline curve has fewer than 2 points, per-image PSNR lists differ in length, or
+    a repeat names no row.
+    """
+    curve = baseline_curve(rows)
+    by_label = {r["label"]: r for r in rows}
+    noise = []
+    for rep in repeats:
+        if rep.get("repeat_of") not in by_label:
+            raise ValueError(f"repeat {rep.get('label')!r} names no row (repeat_of={rep.get('repeat_of')!r})")
+        ref = by_label[rep["repeat_of"]]
+        if rep["psnr"] is not None and ref["psnr"] is not None:
+            noise.append({"label": ref["label"], "finetune_seed": rep.get("finetune_seed"),
+                          "delta_db": rep["psnr"] - ref["psnr"], "delta_ssim": rep["ssim"] - ref["ssim"]})
+    seed_noise = max((abs(n["delta_db"]) for n in noise), default=None)
+    n = len(curve[0]["psnr_per_image"])
+    if any(len(r["psnr_per_image"]) != n for r in rows):
+        raise ValueError("every row needs psnr_per_image over the same test faces (lengths differ)")
+    base_by_k = {r["codebook_size"]: r for r in rows if r["method"] == "baseline" and r["psnr"] is not None}
+    points, lines = [], []
+    for r in rows:
+        if r["method"] != "stscq":
+            continue
+        p = {"label": r["label"], "bits_per_image": r["bits_per_image"], "bpp": r["bpp"], "psnr": r["psnr"],
+             "curve": None, "outcome": "out of range", "next_baseline": None, "same_k_baseline": None}
+        if r["psnr"] is None:
+            points.append(p)
+            continue
+        x = r["bpp"]
+        for lo, hi in zip(curve, curve[1:]):
+            if lo["bpp"] <= x <= hi["bpp"]:
+                w = (x - lo["bpp"]) / (hi["bpp"] - lo["bpp"])
+                delta, se = _paired(r, [(lo, 1.0 - w), (hi, w)])
+                base_ssim = (1.0 - w) * lo["ssim"] + w * hi["ssim"]
+                p["curve"] = {"baseline_psnr": (1.0 - w) * lo["psnr"] + w * hi["psnr"], "baseline_ssim": base_ssim,
+                              "delta_db": delta, "se_db": se, "delta_ssim": r["ssim"] - base_ssim,
+                              "between": [lo["label"], hi["label"]], "weight": w}
+                p["outcome"] = _outcome(delta, se)
+                break
+        above = [b for b in curve if b["bits_per_image"] >= r["bits_per_image"]]
+        if above:
+            b = above[0]
+            delta, se = _paired(r, [(b, 1.0)])
+            p["next_baseline"] = {"label": b["label"], "bits_per_image": b["bits_per_image"], "delta_db": delta,
+                                  "se_db": se, "beats": delta > 0}
+        if r["codebook_size"] in base_by_k:
+            b = base_by_k[r["codebook_size"]]
+            delta, se = _paired(r, [(b, 1.0)])
+            p["same_k_baseline"] = {"label": b["label"], "bits_per_image": b["bits_per_image"], "delta_db": delta,
+                                    "se_db": se}
+        points.append(p)
+
+    # the ablation: token-specific alone (M = 1) against switchable (M > 1) at the same K
+    ablation = []
+    ts1 = {r["codebook_size"]: r for r in rows
+           if r["method"] == "stscq" and r["token_specific"] and r["num_groups"] == 1 and r["psnr"] is not None}
+    for r in rows:
+        if r["method"] == "stscq" and r["num_groups"] > 1 and r["psnr"] is not None and r["codebook_size"] in ts1:
+            ref = ts1[r["codebook_size"]]
+            delta, se = _paired(r, [(ref, 1.0)])
+            ablation.append({"label": r["label"], "reference": ref["label"],
+                             "extra_bits": r["bits_per_image"] - ref["bits_per_image"], "delta_db": delta,
+                             "se_db": se})
+
+    counts = {o: sum(p["outcome"] == o for p in points) for o in OUTCOMES}
+    in_range = [p for p in points if p["curve"] is not None]
+    summary = {"points": len(points), "outcomes": counts,
+               "beat_curve": sum(p["curve"]["delta_db"] > 0 for p in in_range),
+               "beat_next_baseline": sum(bool(p["next_baseline"] and p["next_baseline"]["beats"]) for p in points),
+               "seed_noise_db": seed_noise, "seed_repeats": noise,
+               "beats_beyond_seed_noise": None if seed_noise is None else sum(
+                   p["outcome"] == "beats" and p["curve"]["delta_db"] > seed_noise for p in points),
+               "best": None, "worst": None}
+    if in_range:
+        best = max(in_range, key=lambda p: p["curve"]["delta_db"])
+        worst = min(in_range, key=lambda p: p["curve"]["delta_db"])
+        summary["best"] = {"label": best["label"], "delta_db": best["curve"]["delta_db"]}
+        summary["worst"] = {"label": worst["label"], "delta_db": worst["curve"]["delta_db"]}
+
+    lines.append(f"{summary['beat_curve']} of {len(points)} STSCQ points lie above the baseline curve at the same "
+                 f"bpp ({counts['beats']} by more than 2 SE); {counts['out of range']} out of the baseline's bpp "
+                 f"range; {summary['beat_next_baseline']} beat even the cheapest baseline with at least as many bits.")
+    for n in noise:
+        lines.append(f"fine-tuning seed noise: {n['label']} fine-tuned again with seed {n['finetune_seed']} moved "
+                     f"PSNR by {n['delta_db']:+.2f} dB (SSIM {n['delta_ssim']:+.4f}); the paired SE below does not "
+                     f"include this")
+    if seed_noise is not None:
+        lines.append(f"{summary['beats_beyond_seed_noise']} of the {counts['beats']} 'beats' points win by more than "
+                     f"that seed noise ({seed_noise:.2f} dB)")
+    if in_range:
+        lines.append(f"best: {summary['best']['label']} {summary['best']['delta_db']:+.2f} dB; worst: "
+                     f"{summary['worst']['label']} {summary['worst']['delta_db']:+.2f} dB (vs the curve)")
+    for p in points:
+        c, nb = p["curve"], p["next_baseline"]
+        head = f"{p['label']} ({p['bits_per_image']} bits, {p['bpp']:.4f} bpp): "
+        if p["psnr"] is None:
+            lines.append(head + "PSNR undefined (an exact reconstruction); not compared")
+            continue
+        if c is None:
+            text = head + f"{p['psnr']:.2f} dB, outside the baseline's bpp range: not compared with the curve"
+        else:
+            text = (head + f"{p['psnr']:.2f} dB vs baseline curve {c['baseline_psnr']:.2f} dB -> "
+                    f"{c['delta_db']:+.2f} +/- {c['se_db']:.2f} dB, SSIM {c['delta_ssim']:+.4f}: {p['outcome']}")
+        if nb is not None:
+            text += f"; vs {nb['label']} ({nb['bits_per_image']} bits) {nb['delta_db']:+.2f} dB"
+        lines.append(text)
+    for a in ablation:
+        lines.append(f"ablation: {a['label']} vs {a['reference']} (token-specific alone, {a['extra_bits']} fewer "
+                     f"bits): {a['delta_db']:+.2f} +/- {a['se_db']:.2f} dB from switching")
+    for p in points:
+        s = p["same_k_baseline"]
+        if s is not None and p["label"].startswith("STSCQ M=1 ") and not p["label"].endswith("shared"):
+            lines.append(f"ablation: {p['label']} vs {s['label']} (same bits): {s['delta_db']:+.2f} +/- "
+                         f"{s['se_db']:.2f} dB from token-specific codebooks alone")
+    return {"points": points, "ablation": ablation, "summary": summary, "lines": lines}
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
+def format_table(result: dict) -> str:
+    """The rows of a :func:`run_benchmark` result (upstream first, seed repeats last) as aligned plain text, with
+    each STSCQ row's PSNR difference to the baseline curve at the same bpp, and the unquantized ceiling."""
+    by_label = {p["label"]: p for p in result["verdict"]["points"]}
+    header = ("setting", "M", "K", "codebooks", "params", "stages", "bits/img", "bpp", "PSNR dB", "SSIM",
+              "code use", "vs curve dB", "outcome")
+    table = [header]
+    repeats = [{**r, "label": f"{r['label']} (seed {r['finetune_seed']})"} for r in result.get("repeats", [])]
+    for r in [result["upstream"]] + result["rows"] + repeats:
+        p = by_label.get(r["label"]) if r["method"] == "stscq" else None
+        c = p["curve"] if p else None
+        vs = f"{c['delta_db']:+.2f}+/-{c['se_db']:.2f}" if c else ""
+        util = r["utilization_mean"]
+        table.append((r["label"], str(r["num_groups"]), str(r["codebook_size"]),
+                      "per token" if r["token_specific"] else "shared", str(r["codebook_params"]),
+                      ",".join(map(str, r["stages"])) or "-", str(r["bits_per_image"]), _fmt(r["bpp"], ".4f"),
+                      _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+                      _fmt(None if util is None else 100 * util, ".1f") + "%", vs, p["outcome"] if p else ""))
+    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i in (0, 3, 12) else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths)))
+             .rstrip() for t in table]
+    lines.insert(1, "-" * len(lines[0]))
+    ceiling = result.get("unquantized")
+    if ceiling:
+        lines.append(f"ceiling: the upstream encoder -> decoder without quantization: PSNR {ceiling['psnr']:.2f} dB, "
+                     f"SSIM {ceiling['ssim']:.4f}")
+    return "\n".join(lines)
+
+
+def format_verdict(verdict: dict) -> str:
+    """The verdict's lines (from :func:`compute_verdict`) under a heading, as plain text."""
+    return "\n".join(["Verdict (computed from the rows; +/- = paired SE over the test faces):"] +
+                     [f"  {line}" for line in verdict["lines"]])
+
+
+def write_plot(result: dict, path) -> Path | None:
+    """Draw bpp (x) against PSNR (y), one line per family, to a PNG at ``path`` (written atomically).
+
+    Returns the path, or None when matplotlib cannot be imported (nothing is written).
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    from vqswitch.atomic import atomic_path
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    families: dict = {}
+    for r in result["rows"]:
+        if r["psnr"] is not None:
+            families.setdefault(r["family"], []).append(r)
+    for name, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["bpp"])
+        style = dict(color="black", linewidth=2, marker="s") if name.startswith("baseline") else dict(marker="o")
+        ax.plot([r["bpp"] for r in rs], [r["psnr"] for r in rs], label=name, **style)
+    up = result["upstream"]
+    if up["psnr"] is not None:
+        ax.plot([up["bpp"]], [up["psnr"]], marker="*", markersize=12, linestyle="none", color="grey",
+                label=up["label"])
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB), held-out faces")
+    ax.set_title("rate-distortion: global codebook vs STSCQ")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _int_list(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return values
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
+    return value
+
+
+def main(argv=None) -> int:
+    """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers are not meaningful")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
+    p.add_argument("--json-out", default=None, help="JSON path (default: benchmarks/results/rate_distortion.json, "
+                   "or rate_distortion_quick.json with --quick)")
+    p.add_argument("--plot", default=None, help="PNG path (default: beside the JSON, .png); needs matplotlib")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    p.add_argument("--baseline-k", type=_int_list, default=None, help="K of the baselines, e.g. 16,32,64,128")
+    p.add_argument("--stscq-m", type=_int_list, default=None, help="M of token-specific STSCQ, e.g. 1,4,16")
+    p.add_argument("--stscq-k", type=_int_list, default=None, help="K of STSCQ, e.g. 16,32,64")
+    p.add_argument("--shared-m", type=_int_list, default=None,
+                   help="M of switchable-only rows (token-shared codebooks), e.g. 4 (default: none)")
+    p.add_argument("--baseline-stage1", choices=BASELINE_STAGE1, default=None,
+                   help="stage-1 steps of rows without stage 2: matched = stage1+stage2 (default), same = stage1")
+    p.add_argument("--upstream-steps", type=int, default=None,
+                   help="training steps of the upstream tokenizer (default: 2000; the demo uses 300)")
+    p.add_argument("--seed-repeats", type=int, default=None,
+                   help="re-runs of the middle baseline with other fine-tuning seeds (default: 2; 0 = none)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    config = QUICK if args.quick else FULL
+    overrides = {k: getattr(args, k) for k in ("baseline_k", "stscq_m", "stscq_k", "shared_m", "baseline_stage1",
+                                             "seed_repeats")
+                 if getattr(args, k) is not None}
+    try:
+        if args.upstream_steps is not None:
+            if args.upstream_steps < 1:
+                raise ValueError(f"--upstream-steps must be >= 1, got {args.upstream_steps}")
+            overrides["tokenizer"] = replace(config.tokenizer, baseline_steps=args.upstream_steps)
+        config = replace(config, **overrides).check()
+    except (TypeError, ValueError) as err:
+        print(f"bench_rate_distortion: error: {err}", file=sys.stderr)
+        return 2
+    json_out = Path(args.json_out) if args.json_out else RESULTS_DIR / (
+        "rate_distortion_quick.json" if args.quick else "rate_distortion.json")
+    plot_out = Path(args.plot) if args.plot else json_out.with_suffix(".png")
+
+    result = run_benchmark(config, quick=args.quick, seed=args.seed, progress=args.progress)
+    result["command"] = "python benchmarks/bench_rate_distortion.py" + (" " + " ".join(argv if argv is not None
+                                                                                        else sys.argv[1:])).rstrip()
+    from vqswitch.atomic import atomic_write_bytes
+
+    atomic_write_bytes(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+    m = result["machine"]
+    print(format_table(result))
+    print()
+    print(format_verdict(result["verdict"]))
+    print()
+    print(f"({result['data']}; seed {result['seed']}; {result['wall_seconds']} s on {m['cpus']} CPUs, "
+          f"{m['torch_threads']} torch threads, torch {m['torch']}; JSON: {json_out})")
+    if not args.no_plot:
+        written = write_plot(result, plot_out)
+        print(f"plot: {written}" if written else "plot skipped: matplotlib is not installed (pip install matplotlib)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
