@@ -389,7 +389,10 @@ class Finetuner:
                     util = self.quantizer.utilization()
                     record["utilization_mean"] = util.mean if util.mean == util.mean else None
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", bpp=f"{record['bpp']:.4f}")
+                shown = {"loss": f"{record['loss']:.4g}", "bpp": f"{record['bpp']:.4f}"}
+                if record.get("utilization_mean") is not None:
+                    shown["util"] = f"{100 * record['utilization_mean']:.1f}%"
+                bar.set_postfix(shown)
                 if self.config.log_every and (self.step % self.config.log_every == 0 or self.step == cfg.steps):
                     self._log(record)
                 if self.callback is not None:
