@@ -199,3 +199,95 @@ def test_finite_check_stays_within_budget_measured():
     z[3, 2, 1] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
         nearest_codeword(z, cb, memory_budget=budget)
+
+
+# --- the gather path of fixed-group search (many groups, few images each) ---
+
+from vqswitch.kernels import torch_search  # noqa: E402
+
+
+@st.composite
+def many_group_problems(draw):
+    B = draw(st.integers(1, 9))
+    T = draw(st.integers(1, 5))
+    K = draw(st.integers(1, 30))
+    D = draw(st.integers(1, 8))
+    M = draw(st.integers(1, 12))
+    shared = draw(st.booleans())
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    z = torch.randn(B, T, D, generator=g, dtype=dtype)
+    cb = torch.randn(M, 1 if shared else T, K, D, generator=g, dtype=dtype)
+    return z, cb, torch.randint(0, M, (B,), generator=g)
+
+
+@settings(max_examples=60, deadline=None)
+@given(many_group_problems(), st.sampled_from(METRICS), st.sampled_from([1, 500, 10**9]))
+def test_gather_path_agrees_with_bucket_path(problem, metric, budget):
+    z, cb, groups = problem
+    bi, bd = torch_search.search_fixed_groups(z, cb, groups, metric, budget, path="bucket")
+    gi, gd = torch_search.search_fixed_groups(z, cb, groups, metric, budget, path="gather")
+    assert gi.shape == bi.shape == z.shape[:2] and gi.dtype == torch.int64
+    assert gd.dtype == bd.dtype == z.dtype  # float64 stays float64, float32 stays float32
+    clear = _near_tie_free(z.double(), cb.double(), groups, metric, gi)
+    assert torch.equal(gi[clear], bi[clear])
+    # each reported distance is the chosen code's exact distance, and the minimum
+    d = reference.distances(z.double(), cb.double(), groups, metric)
+    chosen = d.gather(-1, gi.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(gd.double(), chosen, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(chosen, d.min(-1).values, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ai, _ = torch_search.search_fixed_groups(z, cb, groups, metric, budget, path="gather")
+    assert torch.equal(ai, gi)
+
+
+def test_gather_path_breaks_ties_toward_the_lowest_index():
+    code = torch.tensor([0.6, -0.8, 0.0])
+    book = torch.stack([torch.tensor([5.0, 5.0, 5.0]), code, code, torch.tensor([9.0, 0, 0]), code])
+    cb = torch.stack([book, book.flip(0)]).unsqueeze(1)  # group 1: codes 0, 2, 3 tie
+    z = code.expand(4, 2, 3).contiguous()
+    i, _ = torch_search.search_fixed_groups(z, cb, torch.tensor([0, 1, 1, 0]), "l2", 1, path="gather")
+    assert i.tolist() == [[1, 1], [0, 0], [0, 0], [1, 1]]
+
+
+def test_auto_gathers_for_many_groups_of_shared_books(monkeypatch):
+    assert torch_search.choose_path(64, 60, shared=True) == "gather"
+    assert torch_search.choose_path(256, 4, shared=True) == "bucket"  # 64 images per group
+    assert torch_search.choose_path(8, 1, shared=True) == "bucket"  # one group: one block
+    assert torch_search.choose_path(64, 60, shared=False, device_type="cpu") == "bucket"
+    assert torch_search.choose_path(64, 60, shared=False, device_type="cuda") == "bucket"  # until measured on a GPU
+    calls = []
+    real = torch_search._search_gathered
+    monkeypatch.setattr(torch_search, "_search_gathered", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(3)
+    z, cb = torch.randn(8, 4, 3, generator=g), torch.randn(8, 1, 5, 3, generator=g)
+    res = nearest_codeword(z, cb, torch.arange(8), "l2", backend="torch")
+    assert calls == [1]
+    ref_idx, _ = reference.nearest(z, cb, torch.arange(8), "l2")
+    assert torch.equal(res.indices, ref_idx)
+    nearest_codeword(z, cb, torch.zeros(8, dtype=torch.long), "l2", backend="torch")  # one group: bucket
+    assert calls == [1]
+    with pytest.raises(ValueError, match="path must be one of"):
+        torch_search.search_fixed_groups(z, cb, torch.arange(8), "l2", path="fast")
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_gather_path_memory_stays_within_budget_measured(metric):
+    """Peak allocation of any op stays within the budget on the gather path, for shared and
+    token-specific books, while gathering the whole batch's books at once would be far larger."""
+    from torch.profiler import ProfilerActivity, profile
+
+    budget = 1 << 20
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(32, 64, 16, generator=g)
+    shared_cb = torch.randn(32, 1, 2048, 16, generator=g)  # (B, T, K) distances: 16 MiB
+    token_cb = torch.randn(16, 64, 128, 16, generator=g)  # 32 images' (T, K, D) books: 16 MiB
+    groups = torch.arange(32)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        i, _ = torch_search.search_fixed_groups(z, shared_cb, groups, metric, budget, path="gather")
+        j, _ = torch_search.search_fixed_groups(z, token_cb, groups % 16, metric, budget, path="gather")
+    biggest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < biggest <= budget, biggest
+    assert 32 * 64 * 2048 * 4 >= 16 * budget and 32 * 64 * 128 * 16 * 4 >= 16 * budget
+    assert torch.equal(i, torch_search.search_fixed_groups(z, shared_cb, groups, metric, budget, path="bucket")[0])
+    assert torch.equal(j, torch_search.search_fixed_groups(z, token_cb, groups % 16, metric, budget, path="bucket")[0])
