@@ -10,16 +10,20 @@
    per-group k-means of the training latents) and run the paper's three stages with
    :class:`~vqswitch.train.finetune.Finetuner` (encoder frozen): group codebooks + router, token-specific
    codebooks + router, then the decoder.
-4. Evaluate both on the test faces -- bits per image, bpp, PSNR, SSIM, codebook utilisation -- print a
+   For a fair comparison the baseline also gets the same stage-3 decoder fine-tuning (swapped with M = 1 and its
+   own K0 codes, an exact drop-in, so only its decoder changes): the "baseline + stage 3" row.
+4. Evaluate them on the test faces -- bits per image, bpp, PSNR, SSIM, codebook utilisation -- print a
    before/after table and write into ``out_dir``:
 
-   * ``metrics.json``: ``{"config": ..., "baseline": {...}, "stscq": {...}}`` (written atomically); each model's
+   * ``metrics.json``: ``{"config": ..., "baseline": {...}, "baseline_decoder_tuned": {...}, "stscq": {...}}``
+     (written atomically); each model's
      entry is :func:`vqswitch.metrics.evaluate`'s dict (with the utilisation table) plus ``num_tokens``,
      ``codebook_size``, ``num_groups`` and ``utilization_mean``;
    * ``reconstructions.png``: rows of test originals, baseline reconstructions, STSCQ reconstructions;
    * ``checkpoint/``: the fine-tuned swapped model (``config.json`` + ``model.safetensors``), loadable with
      :func:`vqswitch.adapters.load_swapped`;
-   * ``run/``: the fine-tuning run directory (metrics.jsonl, stage checkpoints, latent cache);
+   * ``run/``: the fine-tuning run directory (metrics.jsonl, stage checkpoints, latent cache), and
+     ``run-baseline-decoder/``: the baseline's stage-3 run;
    * ``run.json``: what the run started from and its stages (``vqswitch push`` reads it for the model card).
 
 Every number is measured by the run; nothing is typed in. Runs are deterministic for a given ``seed`` on one
@@ -29,6 +33,7 @@ machine (torch is seeded; the data depend only on the seed). Reconstructions are
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
@@ -231,11 +236,17 @@ def _fmt(v, spec: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
+# (row label, metrics key) of the before/after table
+ROWS = (("baseline VQ", "baseline"), ("baseline + stage 3", "baseline_decoder_tuned"), ("STSCQ", "stscq"))
+
+
 def format_table(metrics: dict) -> str:
     """The before/after table of a ``metrics`` dict (as :func:`run_demo` returns) as aligned plain text."""
     header = ("model", "M", "K", "T", "bits/image", "bpp", "PSNR (dB)", "SSIM", "codebook use")
     rows = [header]
-    for name, key in (("baseline VQ", "baseline"), ("STSCQ", "stscq")):
+    for name, key in ROWS:
+        if key not in metrics:
+            continue
         m = metrics[key]
         rows.append((name, str(m["num_groups"]), str(m["codebook_size"]), str(m["num_tokens"]),
                      str(m["bits_per_image"]), _fmt(m["bpp"], ".4f"), _fmt(m["psnr"], ".2f"), _fmt(m["ssim"], ".4f"),
@@ -285,7 +296,8 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh fine-tuning run every time (never resumes an old one)
+    for stale in (run_dir, out / "run-baseline-decoder"):  # fresh fine-tuning runs every time (never resumed)
+        shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
     torch.manual_seed(seed)
 
@@ -301,18 +313,28 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
                          quantized_embed_dim=cfg.z_channels)
     baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
     baseline, baseline_recon = evaluate_baseline(model, test, cfg)
+    stage3 = StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size, l2_weight=1.0)
+
+    # 2b. the fair reference: the same baseline with the same stage-3 decoder fine-tuning STSCQ gets. Swapped with
+    #     M=1 and its own K0 codes (an exact drop-in: identical codes), so only the decoder changes.
+    tuned = copy.deepcopy(model)
+    swap_quantizer(tuned, num_groups=1, codebook_size=cfg.codebook_size0, token_specific=False, init="codebook")
+    tuned = Finetuner(tuned, train, out / "run-baseline-decoder",
+                      FinetuneConfig(stages=(3,), seed=seed, progress=progress, stage3=stage3)).run()
+    baseline_tuned, _ = evaluate_swapped(tuned, test)
+    del tuned
 
     # 3. swap in STSCQ (M groups of K codes, token-shared, data-driven start) and run the three stages
     with torch.no_grad():
         latents = encode_latents(model, train)
+    torch.manual_seed(seed)  # the router's initialisation: independent of what ran before
     swap_quantizer(model, num_groups=cfg.num_groups, codebook_size=cfg.codebook_size, token_specific=False,
                    init="latents", latents=latents, seed=seed)
     ft_config = FinetuneConfig(
         stages=(1, 2, 3), seed=seed, progress=progress,
         stage1=StageConfig(steps=cfg.stage1_steps, lr=cfg.stage12_lr, batch_size=cfg.stage_batch_size),
         stage2=StageConfig(steps=cfg.stage2_steps, lr=cfg.stage12_lr, batch_size=cfg.stage_batch_size),
-        stage3=StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size,
-                           l2_weight=1.0))
+        stage3=stage3)
     model = Finetuner(model, train, run_dir, ft_config).run()
     stscq, stscq_recon = evaluate_swapped(model, test)
 
@@ -326,10 +348,11 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
                    "tokenizer": "MaskGitVQGAN", "data": "ProceduralFaces", "test_images": "held-out indices "
                    f"{cfg.num_train}..{cfg.num_train + cfg.num_test - 1}"},
         "baseline": {**baseline, "train_final_l2": baseline_log[-1]["l2"] if baseline_log else None},
+        "baseline_decoder_tuned": baseline_tuned,
         "stscq": stscq,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "files": {"metrics": "metrics.json", "reconstructions": "reconstructions.png", "checkpoint": "checkpoint",
-                  "run": "run", "run_info": "run.json"},
+                  "run": "run", "run_baseline_decoder": "run-baseline-decoder", "run_info": "run.json"},
     }
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
     run_info = {  # what `vqswitch push` puts in the model card
