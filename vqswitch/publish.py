@@ -19,7 +19,7 @@ The published folder (:func:`prepare_upload`) holds exactly these files:
 * ``README.md``: the model card (:func:`build_model_card`), every number computed from the files;
 * ``run.json`` (what the run started from), ``eval.json`` (``vqswitch eval``'s output, or the demo's
   ``metrics.json``) and ``metrics.jsonl`` (the training log), when the run has them, byte for byte. They
-  are published as written: ``run.json`` holds the training data's folder path.
+  are published as written (``vqswitch finetune`` records only the training data folder's name in ``run.json``).
 
 Nothing is uploaded unless the whole folder was assembled and the model in it loads
 (:func:`vqswitch.adapters.load_swapped`) and agrees with its entropy model and evaluation. The upload is
