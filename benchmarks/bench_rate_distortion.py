@@ -665,21 +665,13 @@ def _int_list(text: str) -> tuple:
     return values
 
 
-def _seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
-    return value
-
-
 def main(argv=None) -> int:
+    from vqswitch.demo import seed_arg
+
     """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers are not meaningful")
-    p.add_argument("--seed", type=_seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
     p.add_argument("--json-out", default=None, help="JSON path (default: benchmarks/results/rate_distortion.json, "
                    "or rate_distortion_quick.json with --quick)")
     p.add_argument("--plot", default=None, help="PNG path (default: beside the JSON, .png); needs matplotlib")

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped",
+__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped", "seed_arg",
            "format_table", "add_arguments", "main"]
 
 
@@ -373,7 +373,8 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _seed_arg(text: str) -> int:
+def seed_arg(text: str) -> int:
+    """argparse type for a seed: an int >= 0 (ArgumentTypeError otherwise)."""
     try:
         value = int(text)
     except ValueError:
@@ -387,7 +388,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the demo's options (``--out``, ``--quick``, ``--seed``, ``--no-progress``) to ``parser``."""
     parser.add_argument("--out", default="vqswitch-demo", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a tiny run of a few seconds (smoke test)")
-    parser.add_argument("--seed", type=_seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
