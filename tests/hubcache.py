@@ -41,3 +41,21 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # read once at import time
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+def check_swapped_round_trip(model, images, folder: Path, cache: Path, repo_id: str, cls) -> None:
+    """save_swapped -> load_swapped from ``folder`` and, by ``repo_id``, from the offline ``cache``: the same
+    class, the same state dict, and the same ``model(images)[0]``, exactly."""
+    import torch
+
+    from vqswitch.adapters import load_swapped, save_swapped
+
+    save_swapped(model, folder)
+    loaded = load_swapped(folder)
+    assert isinstance(loaded, cls)
+    sa, sb = model.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    expected = model(images)[0]
+    assert torch.equal(loaded(images)[0], expected)
+    make_cached_repo(cache, repo_id, folder)
+    assert torch.equal(load_swapped(repo_id)(images)[0], expected)

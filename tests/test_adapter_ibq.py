@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hubcache import make_cached_repo
+from hubcache import check_swapped_round_trip
 from vqswitch import SwitchableTokenQuantizer
 from vqswitch.adapters import (
-    adapter_for, decode_codes, encode_codes, encode_latents, load_pretrained, load_swapped, save_swapped,
+    adapter_for, decode_codes, encode_codes, encode_latents, load_pretrained,
     swap_quantizer, swapped_quantizer,
 )
 from vqswitch.adapters.models.ibq import IBQ
@@ -121,15 +121,7 @@ def test_flat_ids_and_codes_round_trip(base):
 
 
 def test_save_load_swapped(base, tmp_path, offline_cache):
-    s = grouped(base)
-    save_swapped(s, tmp_path / "run")
-    r = load_swapped(tmp_path / "run")
-    assert isinstance(r, IBQ)
-    sa, sb = s.state_dict(), r.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(r(IO["images"])[0], s(IO["images"])[0])
-    make_cached_repo(offline_cache, "org/ibq-swapped", tmp_path / "run")
-    assert torch.equal(load_swapped("org/ibq-swapped")(IO["images"])[0], s(IO["images"])[0])
+    check_swapped_round_trip(grouped(base), IO["images"], tmp_path / "run", offline_cache, "org/ibq-swapped", IBQ)
 
 
 def test_live_weights_on_request(base):

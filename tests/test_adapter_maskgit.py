@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hubcache import make_cached_repo
+from hubcache import check_swapped_round_trip, make_cached_repo
 from vqswitch import SwitchableTokenQuantizer
 from vqswitch.adapters import (
     adapter_for, decode_codes, encode_codes, load_pretrained, load_swapped, save_swapped, swap_quantizer,
@@ -107,15 +107,7 @@ def test_router_training_through_return_loss(base):
 
 # ---------------------------------------------------------------- persistence and loading
 def test_save_load_swapped(base, tmp_path, offline_cache):
-    s = grouped(base)
-    save_swapped(s, tmp_path / "run")
-    r = load_swapped(tmp_path / "run")
-    assert isinstance(r, MaskGitVQGAN)
-    sa, sb = s.state_dict(), r.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(r(IO["images"])[0], s(IO["images"])[0])
-    make_cached_repo(offline_cache, "org/maskgit-swapped", tmp_path / "run")
-    assert torch.equal(load_swapped("org/maskgit-swapped")(IO["images"])[0], s(IO["images"])[0])
+    check_swapped_round_trip(grouped(base), IO["images"], tmp_path / "run", offline_cache, "org/maskgit-swapped", MaskGitVQGAN)
 
 
 def test_save_swapped_writes_the_entropy_model(base, tmp_path):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hubcache import make_cached_repo
+from hubcache import check_swapped_round_trip
 from vqswitch import SwitchableTokenQuantizer
 from vqswitch.adapters import (
-    adapter_for, decode_codes, encode_codes, encode_latents, load_pretrained, load_swapped, save_swapped,
+    adapter_for, decode_codes, encode_codes, encode_latents, load_pretrained, save_swapped,
     swap_quantizer, swapped_quantizer,
 )
 from vqswitch.adapters.models.titok import TiTok
@@ -119,16 +119,8 @@ def test_flat_ids_and_codes_round_trip(bases, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_load_swapped(bases, name, tmp_path, offline_cache):
-    s = grouped(bases[name])
-    save_swapped(s, tmp_path / "run")
-    r = load_swapped(tmp_path / "run")
-    assert isinstance(r, TiTok)
-    sa, sb = s.state_dict(), r.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    x = IO[name]["images"]
-    assert torch.equal(r(x)[0], s(x)[0])
-    make_cached_repo(offline_cache, "org/titok-swapped", tmp_path / "run")
-    assert torch.equal(load_swapped("org/titok-swapped")(x)[0], s(x)[0])
+    check_swapped_round_trip(grouped(bases[name]), IO[name]["images"], tmp_path / "run", offline_cache,
+                             "org/titok-swapped", TiTok)
 
 
 # ---------------------------------------------------------------- duck typing on an upstream-shaped instance
