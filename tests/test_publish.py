@@ -130,7 +130,7 @@ def assert_same_outputs(model, other, x) -> None:
 
 # ------------------------------------------------------------------------------------------ the Hub, faked
 class FakeHub:
-    """Stands in for huggingface_hub.HfApi: records every call; upload_folder copies the folder into the offline
+    """Stands in for huggingface_hub.HfApi: records every call; create_commit copies the added files into the offline
     cache (as a download would leave it), with refs/<revision> pointing at a fresh commit."""
 
     def __init__(self, cache: Path | None = None, fail: dict | None = None):
@@ -158,12 +158,24 @@ class FakeHub:
     def create_branch(self, repo_id, **kwargs):
         return None
 
-    def upload_folder(self, *, repo_id, folder_path, revision=None, create_pr=False, **kwargs):
+    def list_repo_files(self, repo_id, revision=None):
+        refs = None if self.cache is None else self.cache / ("models--" + repo_id.replace("/", "--")) / "refs"
+        ref = None if refs is None else refs / (revision or "main")
+        if ref is None or not ref.is_file():
+            return [".gitattributes"]  # a new repository
+        return [".gitattributes"] + sorted(os.listdir(refs.parent / "snapshots" / ref.read_text()))
+
+    def create_commit(self, *, repo_id, operations, revision=None, create_pr=False, **kwargs):
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
         self.commits += 1
         commit = f"{self.commits:040x}"
-        self.uploaded = sorted(os.listdir(folder_path))
+        adds = [op for op in operations if isinstance(op, CommitOperationAdd)]
+        self.uploaded = sorted(op.path_in_repo for op in adds)
+        self.deleted = sorted(op.path_in_repo for op in operations if isinstance(op, CommitOperationDelete))
+        self.upload_dir = Path(adds[0].path_or_fileobj).parent
         if self.cache is not None:
-            snap = make_cached_repo(self.cache, repo_id, Path(folder_path), commit=commit, files=self.uploaded)
+            snap = make_cached_repo(self.cache, repo_id, self.upload_dir, commit=commit, files=self.uploaded)
             (snap.parent.parent / "refs" / (revision or "main")).write_text(commit)
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{commit}", oid=commit,
                                pr_url=f"https://huggingface.co/{repo_id}/discussions/1" if create_pr else None)
@@ -287,17 +299,18 @@ def test_any_run_info_gives_a_card_with_the_models_numbers(run, run_info):
 # ------------------------------------------------------------------------------------------ push and load back
 def test_push_then_load_swapped_reproduces_codes_and_reconstructions(run, hub):
     url = push(run.dir, "org/name", revision="v1", private=True, token="tok")
-    assert hub.names() == ["HfApi", "create_repo", "create_branch", "upload_folder"]
+    assert hub.names() == ["HfApi", "create_repo", "create_branch", "list_repo_files", "create_commit"]
     assert hub.calls[0][2] == {"token": "tok"}
     assert hub.calls[1][1:] == (("org/name",), {"exist_ok": True, "private": True})
     assert hub.calls[2][2]["branch"] == "v1"
-    upload = hub.calls[3][2]
+    assert hub.calls[3][1:] == (("org/name",), {"revision": "v1"})
+    upload = hub.calls[4][2]
     assert upload["repo_id"] == "org/name" and upload["revision"] == "v1" and upload["create_pr"] is False
     assert upload["commit_message"] == f"Upload vqswitch swapped model (M={M}, K={K}, T={T}, 194 bits per image)"
-    assert upload["delete_patterns"] is None  # every optional file is in this upload
-    assert hub.uploaded == sorted(PUBLISH_FILES)
+    assert hub.deleted == []  # a new repository: nothing to remove
+    assert hub.uploaded == sorted(PUBLISH_FILES)  # every file, in one commit
     assert url == f"https://huggingface.co/org/name/commit/{1:040x}"
-    assert not Path(upload["folder_path"]).exists()  # the temporary folder is gone
+    assert not hub.upload_dir.exists()  # the temporary folder is gone
 
     loaded = load_swapped("org/name", revision="v1")
     assert_same_outputs(run.model, loaded, images(4, seed=3))
@@ -306,20 +319,23 @@ def test_push_then_load_swapped_reproduces_codes_and_reconstructions(run, hub):
 
 
 def test_push_bare_folder_removes_stale_optional_files_and_opens_a_pr(run, hub, tmp_path):
+    push(run.dir, "org/bare")  # an earlier push with every optional file
+    assert hub.commits == 1 and hub.deleted == []
     save_swapped(run.model, tmp_path / "bare")
     (tmp_path / "bare" / "entropy_model.safetensors").unlink(missing_ok=True)
     url = push(tmp_path / "bare", "org/bare", create_pr=True, commit_message="mine")
-    assert hub.names() == ["HfApi", "create_repo", "upload_folder"]  # no branch for a PR
+    assert hub.names()[-3:] == ["create_repo", "list_repo_files", "create_commit"]  # no branch for a PR
     upload = hub.calls[-1][2]
     assert upload["create_pr"] is True and upload["revision"] is None and upload["commit_message"] == "mine"
-    assert upload["delete_patterns"] == ["entropy_model.safetensors", "run.json", "eval.json", "metrics.jsonl"]
+    # the optional files the earlier push left and this folder lacks go in the same commit
+    assert hub.deleted == sorted(["entropy_model.safetensors", "run.json", "eval.json", "metrics.jsonl"])
     assert hub.uploaded == ["README.md", "config.json", "model.safetensors"]
     assert url == "https://huggingface.co/org/bare/discussions/1"
     assert_same_outputs(run.model, load_swapped("org/bare"), images(4, seed=4))
 
 
 @pytest.mark.parametrize("error", [ConnectionError("network is unreachable"), RuntimeError("server said no")])
-@pytest.mark.parametrize("step", ["create_repo", "upload_folder"])
+@pytest.mark.parametrize("step", ["create_repo", "list_repo_files", "create_commit"])
 def test_hub_failures_are_one_clear_oserror(run, monkeypatch, offline_cache, error, step):
     import huggingface_hub
 

@@ -23,8 +23,8 @@ The published folder (:func:`prepare_upload`) holds exactly these files:
 
 Nothing is uploaded unless the whole folder was assembled and the model in it loads
 (:func:`vqswitch.adapters.load_swapped`) and agrees with its entropy model and evaluation. The upload is
-one ``HfApi.upload_folder`` call, which commits a folder of a few files as a single commit, so a failed
-push leaves the repository's files as they were. ``load_swapped("ORG/NAME", revision=...)`` loads the
+one ``HfApi.create_commit`` with an explicit operation per file (files are uploaded first, then committed
+in one commit), so a failed push leaves the repository's files as they were. ``load_swapped("ORG/NAME", revision=...)`` loads the
 model back.
 """
 from __future__ import annotations
@@ -570,9 +570,9 @@ def push(run_dir, repo_id: str, *, revision: str | None = None, private: bool | 
 
     The folder is prepared and validated (:func:`prepare_upload`) before anything touches the network, then
     ``HfApi(token=token).create_repo(repo_id, exist_ok=True, private=private)``, ``create_branch`` when
-    ``revision`` names a branch other than main (and no PR is asked for), and one ``upload_folder`` call,
-    which also removes optional files (``eval.json``...) left in the repository by an earlier push that this
-    run does not have.
+    ``revision`` names a branch other than main (and no PR is asked for), ``list_repo_files``, and one
+    ``create_commit`` that adds every file and deletes the optional files (``eval.json``...) an earlier
+    push left in the repository and this run does not have.
 
     Args:
         run_dir: a finetune run folder, a demo output folder or a swapped-model folder.
@@ -614,10 +614,16 @@ def push(run_dir, repo_id: str, *, revision: str | None = None, private: bool | 
             if revision is not None and revision != "main" and not create_pr:
                 step = f"creating the branch {revision!r}"
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            step = "uploading"
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                     commit_message=commit_message, create_pr=create_pr,
-                                     delete_patterns=stale or None)
+            step = "listing the repository's files"
+            existing = set(api.list_repo_files(repo_id, revision=revision))
+            from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+            operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+                          for p in sorted(folder.iterdir()) if p.is_file()]
+            operations += [CommitOperationDelete(path_in_repo=name) for name in stale if name in existing]
+            step = "committing"
+            info = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr)
         except Exception as err:  # noqa: BLE001 - every Hub or network failure becomes one clear OSError
             raise OSError(f"pushing to the Hub repository {repo_id!r} failed while {step}: {type(err).__name__}: "
                           f"{_one_line(err)}; no files were committed") from err
