@@ -60,11 +60,10 @@ def demo_split(checkpoint: Path, quick: bool, seed: int) -> dict:
 
 def faces(split: dict, which: str) -> torch.Tensor:
     """The demo's training or held-out test faces, (N, 3, H, W) float in [0, 1]."""
-    from vqswitch.data import ProceduralFaces
+    from vqswitch.demo import split_faces
 
-    n_train, n_test = split["num_train"], split["num_test"]
-    data = ProceduralFaces(n_train + n_test, split["image_size"], seed=split["seed"], pixel_range=(0.0, 1.0))
-    return data.get_batch(range(n_train) if which == "train" else range(n_train, n_train + n_test))
+    train, test = split_faces(split["num_train"], split["num_test"], split["image_size"], split["seed"])
+    return train if which == "train" else test
 
 
 def measure(cm, test: torch.Tensor, label: str) -> tuple[list[dict], dict]:

@@ -233,14 +233,6 @@ def settings_for(config: RDConfig) -> list[Setting]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return seed
-
-
 def _encoder_state(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.encoder.parameters()]
 
@@ -323,12 +315,10 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
     from tqdm.auto import tqdm
 
     from vqswitch.adapters import adapter_for, encode_latents
-    from vqswitch.adapters.models.maskgit_vqgan import MaskGitVQGAN
-    from vqswitch.data import ProceduralFaces
-    from vqswitch.demo import evaluate_baseline, train_baseline
+    from vqswitch.demo import build_tokenizer, check_seed, evaluate_baseline, split_faces, train_baseline
     from vqswitch.metrics import psnr, ssim
 
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
     if config is None:
@@ -341,16 +331,11 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
     torch.manual_seed(seed)
 
     # 1. data: the test faces are the images after the training ones, shared by every row
-    n = cfg.num_train + cfg.num_test
-    images = ProceduralFaces(n, cfg.image_size, seed=seed, pixel_range=(0.0, 1.0)).get_batch(range(n))
-    train, test = images[:cfg.num_train].contiguous(), images[cfg.num_train:].contiguous()
+    train, test = split_faces(cfg.num_train, cfg.num_test, cfg.image_size, seed)
 
     # 2. the upstream tokenizer (global codebook of K0 codes), trained once
     t0 = time.perf_counter()
-    upstream = MaskGitVQGAN(resolution=cfg.image_size, hidden_channels=cfg.hidden_channels,
-                            channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attn_resolutions=(),
-                            z_channels=cfg.z_channels, num_embeddings=cfg.codebook_size0,
-                            quantized_embed_dim=cfg.z_channels)
+    upstream = build_tokenizer(cfg)
     train_baseline(upstream, train, cfg, seed=seed, progress=progress)
     up_result, up_recon = evaluate_baseline(upstream, test, cfg)
     upstream_row = _row(None, up_result, psnr(test, up_recon, 1.0, reduction="none"), dim=cfg.z_channels,
@@ -383,7 +368,7 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
         "benchmark": "rate_distortion",
         "config": config.to_dict(), "seed": seed, "quick": quick,
         "data": f"ProceduralFaces seed {seed}: {cfg.num_train} training faces, test = held-out faces "
-                f"{cfg.num_train}..{n - 1} ({cfg.num_test} images of {cfg.image_size}x{cfg.image_size})",
+                f"{cfg.num_train}..{cfg.num_train + cfg.num_test - 1} ({cfg.num_test} images of {cfg.image_size}x{cfg.image_size})",
         "machine": _machine(),
         "upstream": upstream_row,
         "unquantized": unquantized,

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped", "seed_arg",
+           "split_faces", "build_tokenizer", "check_seed",
            "format_table", "add_arguments", "main"]
 
 
@@ -85,7 +86,29 @@ QUICK = DemoConfig(num_train=32, num_test=12, codebook_size0=64, codebook_size=1
                    stage_batch_size=8)
 
 
-def _check_seed(seed) -> int:
+def split_faces(num_train: int, num_test: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The demo's data: ``(train (num_train, 3, S, S), test (num_test, 3, S, S))`` float in [0, 1], procedural faces
+    of one seed; the held-out test faces are the images after the training ones (same identities, new pose and
+    lighting)."""
+    from vqswitch.data import ProceduralFaces
+
+    n = num_train + num_test
+    images = ProceduralFaces(n, image_size, seed=seed, pixel_range=(0.0, 1.0)).get_batch(range(n))
+    return images[:num_train].contiguous(), images[num_train:].contiguous()
+
+
+def build_tokenizer(cfg: DemoConfig):
+    """A fresh, randomly initialised MaskGitVQGAN of ``cfg``'s sizes with a global codebook of K0 codes."""
+    from vqswitch.adapters.models.maskgit_vqgan import MaskGitVQGAN
+
+    return MaskGitVQGAN(resolution=cfg.image_size, hidden_channels=cfg.hidden_channels,
+                        channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks, attn_resolutions=(),
+                        z_channels=cfg.z_channels, num_embeddings=cfg.codebook_size0,
+                        quantized_embed_dim=cfg.z_channels)
+
+
+def check_seed(seed) -> int:
+    """seed as an int >= 0; TypeError / ValueError otherwise."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if seed < 0:
@@ -276,12 +299,11 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     Raises TypeError/ValueError for bad arguments, ``FloatingPointError`` if training diverges.
     """
     from vqswitch.adapters import encode_latents, save_swapped, swap_quantizer
-    from vqswitch.adapters.models.maskgit_vqgan import MaskGitVQGAN
     from vqswitch.atomic import atomic_write_bytes
-    from vqswitch.data import ProceduralFaces, save_image_grid
+    from vqswitch.data import save_image_grid
     from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
     if config is None:
@@ -301,16 +323,11 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     start = time.perf_counter()
     torch.manual_seed(seed)
 
-    # 1. data: held-out test faces are the images after the training ones (same identities, new pose/lighting)
-    faces = ProceduralFaces(cfg.num_train + cfg.num_test, cfg.image_size, seed=seed, pixel_range=(0.0, 1.0))
-    all_images = faces.get_batch(range(cfg.num_train + cfg.num_test))
-    train, test = all_images[:cfg.num_train].contiguous(), all_images[cfg.num_train:].contiguous()
+    # 1. data: held-out test faces are the images after the training ones
+    train, test = split_faces(cfg.num_train, cfg.num_test, cfg.image_size, seed)
 
     # 2. the baseline: a standard global-codebook VQ tokenizer
-    model = MaskGitVQGAN(resolution=cfg.image_size, hidden_channels=cfg.hidden_channels,
-                         channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks,
-                         attn_resolutions=(), z_channels=cfg.z_channels, num_embeddings=cfg.codebook_size0,
-                         quantized_embed_dim=cfg.z_channels)
+    model = build_tokenizer(cfg)
     baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
     baseline, baseline_recon = evaluate_baseline(model, test, cfg)
     stage3 = StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size, l2_weight=1.0)
