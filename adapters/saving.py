@@ -75,10 +75,7 @@ def save_swapped(model: nn.Module, save_directory: str | os.PathLike, *, entropy
         entropy_model = EntropyModel.from_quantizer(quantizer)
     elif not isinstance(entropy_model, EntropyModel):
         raise TypeError(f"entropy_model must be a vqswitch.entropy.EntropyModel, got {type(entropy_model).__name__}")
-    shape = (entropy_model.num_groups, entropy_model.num_tokens, entropy_model.codebook_size)
-    if shape != (quantizer.num_groups, quantizer.num_tokens, quantizer.codebook_size):
-        raise ValueError(f"entropy_model is for (M, T, K) = {shape}, the quantizer has "
-                         f"{(quantizer.num_groups, quantizer.num_tokens, quantizer.codebook_size)}")
+    entropy_model.check_fits(quantizer)
     save_id = uuid.uuid4().hex
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.name,

@@ -124,7 +124,7 @@ class CodecModel:
         channels = adapter.image_channels(model)
         if channels != 3:
             raise ValueError(f"the codec compresses RGB images, but this model takes {channels}-channel images")
-        _check_entropy_fits(entropy, quantizer)
+        entropy.check_fits(quantizer, name="entropy")
         self.model = model.eval()
         self.entropy = entropy
         self.source = source or None
@@ -153,15 +153,6 @@ class CodecModel:
         return (f"CodecModel({self.identity.hex()[:12]}, source={self.source!r}, revision={self.revision!r}, "
                 f"T={self.num_tokens}, K={self.codebook_size}, M={self.num_groups}, "
                 f"image_size={self.image_size[0]}x{self.image_size[1]})")
-
-
-def _check_entropy_fits(entropy: EntropyModel, quantizer) -> None:
-    have = (entropy.num_tokens, entropy.codebook_size, entropy.num_groups)
-    want = (quantizer.num_tokens, quantizer.codebook_size, quantizer.num_groups)
-    if have != want:
-        raise ValueError(f"the entropy model was made for T,K,M={have[0]},{have[1]},{have[2]} but the model's "
-                         f"quantizer has T,K,M={want[0]},{want[1]},{want[2]}; build it with "
-                         "EntropyModel.from_quantizer")
 
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")

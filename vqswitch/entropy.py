@@ -472,6 +472,14 @@ class EntropyModel:
         head = struct.pack("<16sIQQQQd", FORMAT.encode(), FORMAT_VERSION, m, tp, k, self.num_tokens, self.smoothing)
         return head + self._counts.astype("<i8").tobytes() + self._gcounts.astype("<i8").tobytes()
 
+    def check_fits(self, quantizer, *, name: str = "entropy_model") -> None:
+        """Raise ValueError (naming ``name``) unless this model's (M, T, K) are ``quantizer``'s."""
+        have = (self.num_groups, self.num_tokens, self.codebook_size)
+        want = (quantizer.num_groups, quantizer.num_tokens, quantizer.codebook_size)
+        if have != want:
+            raise ValueError(f"{name} is for (M, T, K) = {have}, the quantizer has {want}; build it with "
+                             "EntropyModel.from_quantizer")
+
     def fingerprint(self) -> str:
         """sha256 hex digest of (format, version, M, T', K, T, smoothing as float64, code_counts and group_counts
         as little-endian int64): equal for equal models on any machine."""
