@@ -121,6 +121,16 @@ class QuantizerShim(nn.Module):
         return codes.view(shape).permute(0, 3, 1, 2).contiguous()
 
     # ---------------------------------------------------------------- the quantizer call
+    def check_grid(self, z, *, name: str = "z", layout: str = "(B, D, h, w)", channel: str = "D") -> None:
+        """Check an upstream quantizer input: a 4-D float tensor with the quantizer's D channels in dim 1 and
+        h*w == T. Raises TypeError (not a 4-D float tensor) or ValueError (channels, token count), naming
+        ``name``, its ``layout`` and the ``channel`` letter upstream uses."""
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 4:
+            raise TypeError(f"{name} must be a float tensor {layout}, got {getattr(z, 'shape', type(z).__name__)}")
+        if z.shape[1] != self.quantizer.dim:
+            raise ValueError(f"{name} must have {channel}={self.quantizer.dim} channels, got shape {tuple(z.shape)}")
+        self.check_token_count(z.shape[2] * z.shape[3], tuple(z.shape[2:]))
+
     def check_token_count(self, count: int, grid: tuple[int, ...]) -> None:
         """Raise ValueError when a latent grid gives another token count than the quantizer's T."""
         if count != self.quantizer.num_tokens:

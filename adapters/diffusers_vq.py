@@ -48,12 +48,8 @@ class VQModelQuantizerShim(QuantizerShim):
         Raises TypeError/ValueError for a non-4-D or non-float z, a wrong C, or a grid of another
         token count than the quantizer's T.
         """
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 4:
-            raise TypeError(f"z must be a float tensor (B, C, h, w), got {getattr(z, 'shape', type(z).__name__)}")
-        if z.shape[1] != self.quantizer.dim:
-            raise ValueError(f"z must have C={self.quantizer.dim} channels, got shape {tuple(z.shape)}")
+        self.check_grid(z, layout="(B, C, h, w)", channel="C")
         B, C, h, w = z.shape
-        self.check_token_count(h * w, (h, w))
         z = z.permute(0, 2, 3, 1).contiguous()
         out, q = self.quantize_tokens(z.view(B, h * w, C))
         q = q.view(z.shape)

@@ -85,12 +85,8 @@ class IBQQuantizerShim(QuantizerShim):
         """
         from .models.ibq import entropy_terms
 
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 4:
-            raise TypeError(f"z must be a float tensor (B, D, h, w), got {getattr(z, 'shape', type(z).__name__)}")
-        if z.shape[1] != self.quantizer.dim:
-            raise ValueError(f"z must have D={self.quantizer.dim} channels, got shape {tuple(z.shape)}")
+        self.check_grid(z)
         B, D, h, w = z.shape
-        self.check_token_count(h * w, (h, w))
         tokens = z.permute(0, 2, 3, 1).reshape(B, h * w, D)
         out, hard_codes = self.quantize_tokens(tokens)
         logits = self._logits(tokens, out.groups)

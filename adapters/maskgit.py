@@ -41,14 +41,7 @@ class MaskGitQuantizerShim(QuantizerShim):
         return {"commitment_cost": self.commitment_cost}
 
     def _tokens(self, hidden_states) -> torch.Tensor:
-        if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point() \
-                or hidden_states.dim() != 4:
-            raise TypeError("hidden_states must be a float tensor (B, C, h, w), got "
-                            f"{getattr(hidden_states, 'shape', type(hidden_states).__name__)}")
-        if hidden_states.shape[1] != self.quantizer.dim:
-            raise ValueError(f"hidden_states must have C={self.quantizer.dim} channels, got {tuple(hidden_states.shape)}")
-        B, C, h, w = hidden_states.shape
-        self.check_token_count(h * w, (h, w))
+        self.check_grid(hidden_states, name="hidden_states", layout="(B, C, h, w)", channel="C")
         return hidden_states.permute(0, 2, 3, 1).contiguous()
 
     def forward(self, hidden_states: torch.Tensor, return_loss: bool = False):

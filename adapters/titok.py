@@ -58,12 +58,8 @@ class TiTokQuantizerShim(QuantizerShim):
 
         Raises TypeError/ValueError for a non-4-D or non-float z, a wrong D, or H*W != T.
         """
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 4:
-            raise TypeError(f"z must be a float tensor [B, D, 1, N], got {getattr(z, 'shape', type(z).__name__)}")
-        if z.shape[1] != self.quantizer.dim:
-            raise ValueError(f"z must have D={self.quantizer.dim} channels, got shape {list(z.shape)}")
+        self.check_grid(z, layout="[B, D, 1, N]")
         B, D, H, W = z.shape
-        self.check_token_count(H * W, (H, W))
         with _autocast_off(z.device):
             z = z.float().permute(0, 2, 3, 1).contiguous()  # [B, H, W, D]
             out, q = self.quantize_tokens(z.view(B, H * W, D))
