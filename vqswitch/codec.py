@@ -420,10 +420,9 @@ def compress_codes(codec_model, codes: Codes, *, mode: str = "auto", names=None)
                          f"T,K,M={cm.num_tokens},{cm.codebook_size},{cm.num_groups}")
     codes = codes.to("cpu")
     names = _check_names(names, codes.batch_size, [f"{i:06d}" for i in range(codes.batch_size)])
-    if mode_id == AUTO:
-        mode_id = _pick(mode_id, {m: _payload(cm, m, codes) for m in (0, 1)})
-    payload = _payload(cm, mode_id, codes)
-    data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, names, payload)
+    payloads = {m: _payload(cm, m, codes) for m in ((0, 1) if mode_id == AUTO else (mode_id,))}
+    mode_id = _pick(mode_id, payloads)
+    data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, names, payloads[mode_id])
     _check_round_trip(cm, data, codes)
     return data
 
