@@ -194,6 +194,20 @@ class Utilization:
         return d
 
 
+@torch.no_grad()
+def add_code_counts(usage: torch.Tensor, group_counts: torch.Tensor, groups: torch.Tensor,
+                    indices: torch.Tensor) -> None:
+    """Count codes in place: usage (M, T', K) int64 (T' = T per token, or 1 shared) += one per (group, token,
+    code) of ``indices`` (B, T) int64 under ``groups`` (B,) int64; group_counts (M,) int64 += one per image.
+    Inputs are trusted (in range, on usage's device)."""
+    _, tp, k = usage.shape
+    t = indices.shape[1]
+    tok = torch.arange(t, device=indices.device) if tp > 1 else torch.zeros(t, dtype=torch.long, device=indices.device)
+    flat = ((groups[:, None] * tp + tok[None, :]) * k + indices).reshape(-1)
+    usage.view(-1).index_add_(0, flat, torch.ones_like(flat))
+    group_counts.index_add_(0, groups, torch.ones_like(groups))
+
+
 def utilization(usage: torch.Tensor, group_counts: torch.Tensor) -> Utilization:
     """usage: (M, T', K) int64 code counts; group_counts: (M,) int64 -> :class:`Utilization`."""
     seen = usage.sum(-1) > 0

@@ -229,7 +229,7 @@ def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
     -> (metrics, reconstructions), as :func:`evaluate_baseline` plus group_counts; usage is counted on these images.
     """
     from vqswitch.adapters import decode_codes, encode_codes, swapped_quantizer
-    from vqswitch.codebooks import utilization
+    from vqswitch.codebooks import add_code_counts, utilization
     from vqswitch.metrics import evaluate
 
     model.eval()
@@ -242,11 +242,7 @@ def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
     for s in _batches(images.shape[0], 64):
         codes = encode_codes(model, images[s])
         recons.append(decode_codes(model, codes).clamp(0.0, 1.0))
-        g, idx = codes.groups.cpu(), codes.indices.cpu()
-        tok = torch.arange(T).expand_as(idx) if q.token_specific else torch.zeros_like(idx)
-        flat = (g[:, None] * Tp + tok) * K + idx
-        usage.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.long))
-        group_counts += torch.bincount(g, minlength=M)
+        add_code_counts(usage, group_counts, codes.groups.cpu(), codes.indices.cpu())
     recon = torch.cat(recons)
     util = utilization(usage, group_counts)
     result = evaluate(images, recon, data_range=1.0, bits_per_image=q.bits_per_image, util=util)

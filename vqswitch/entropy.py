@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
+from .codebooks import add_code_counts
 from .codes import Codes
 
 __all__ = ["EntropyModel", "EntropyDecodeError", "FILE_NAME"]
@@ -565,12 +566,7 @@ class _Counter:
         self.shape = (num_groups, num_tokens if token_specific else 1, codebook_size)
         self.codes = torch.zeros(self.shape, dtype=torch.long)
         self.groups = torch.zeros(num_groups, dtype=torch.long)
-        self.tok = torch.arange(num_tokens) if token_specific else torch.zeros(num_tokens, dtype=torch.long)
 
     def add(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
         """groups (B,) and indices (B, T) int64 (already validated by Codes)."""
-        g, idx = groups.detach().cpu().long(), indices.detach().cpu().long()
-        _, tp, k = self.shape
-        flat = ((g[:, None] * tp + self.tok[None, :]) * k + idx).reshape(-1)
-        self.codes.view(-1).index_add_(0, flat, torch.ones_like(flat))
-        self.groups.index_add_(0, g, torch.ones_like(g))
+        add_code_counts(self.codes, self.groups, groups.detach().cpu().long(), indices.detach().cpu().long())

@@ -30,7 +30,7 @@ from vqswitch import bits as _bits
 from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest_codeword, nearest_group
 
 from .atomic import atomic_directory
-from .codebooks import Utilization, codebooks_from_latents, reduce_codebook, utilization
+from .codebooks import Utilization, add_code_counts, codebooks_from_latents, reduce_codebook, utilization
 from .codes import Codes
 from .distributed import gather_variable
 from .router import Router, router_losses
@@ -318,13 +318,8 @@ class SwitchableTokenQuantizer(
 
     @torch.no_grad()
     def _count(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
-        T, Tp, K = self.num_tokens, self.usage.shape[1], self.codebook_size
-        tok = torch.arange(T, device=indices.device) if self.token_specific else torch.zeros(T, dtype=torch.long, device=indices.device)
-        flat = ((groups[:, None] * Tp + tok[None, :]) * K + indices).reshape(-1)
-        flat = gather_variable(flat)
-        self.usage.view(-1).index_add_(0, flat, torch.ones_like(flat))
-        all_groups = gather_variable(groups)
-        self.group_counts.index_add_(0, all_groups, torch.ones_like(all_groups))
+        all_indices = gather_variable(indices.reshape(-1)).view(-1, self.num_tokens)  # every rank's images
+        add_code_counts(self.usage, self.group_counts, gather_variable(groups), all_indices)
 
     # ------------------------------------------------------------------ codes
     def encode(self, z: torch.Tensor) -> Codes:
