@@ -108,20 +108,43 @@ def cdist_nearest(z, cb):
     return best, torch.stack(indices)[best, torch.arange(z.shape[0], device=z.device)]
 
 
-def build_vqp(z, cb):
-    """VectorQuantize in per-position mode holding a copy of cb (T, K, D) (group 0's when M > 1)."""
+def vqp_module(book, device):
+    """VectorQuantize in per-position mode holding a copy of one group's token books (T, K, D)."""
     from vector_quantize_pytorch import VectorQuantize
-    B, T, D = z.shape
-    book = cb if cb.dim() == 3 else cb[0]
+    T, K, D = book.shape
     # dim is the full feature size heads * codebook_dim; with dim == T * D no projection is created
     vq = VectorQuantize(dim=T * D, codebook_dim=D, heads=T, separate_codebook_per_head=True,
-                        codebook_size=book.shape[1], kmeans_init=False, ema_update=False,
-                        threshold_ema_dead_code=0, commitment_weight=0.0).to(z.device).eval()
+                        codebook_size=K, kmeans_init=False, ema_update=False,
+                        threshold_ema_dead_code=0, commitment_weight=0.0).to(device).eval()
     assert not vq.has_projections
     with torch.no_grad():
         vq.codebook = book  # copied into its (heads, K, D) buffer
+    return vq
+
+
+def build_vqp(z, cb):
+    """VectorQuantize in per-position mode holding a copy of cb (T, K, D) (group 0's when M > 1)."""
+    B, T, D = z.shape
+    vq = vqp_module(cb if cb.dim() == 3 else cb[0], z.device)
     x = z.reshape(B, 1, T * D)  # one position whose features split into T heads: head t = token t
     return lambda: vq(x)[1].reshape(B, T)
+
+
+def build_vqp_groups(z, cb, groups):
+    """The grouped task done with vector-quantize-pytorch: one per-position VectorQuantize per group
+    present in the batch (built here, untimed), and a timed call that routes each image to its
+    group's module and scatters the indices back, as a user of that library would have to."""
+    B, T, D = z.shape
+    mods = {g: vqp_module(cb[g], z.device) for g in groups.unique().tolist()}
+
+    def run():
+        out = torch.empty(B, T, dtype=torch.long, device=z.device)
+        for g, vq in mods.items():
+            sel = (groups == g).nonzero().squeeze(1)
+            out[sel] = vq(z[sel].reshape(-1, 1, T * D))[1].reshape(-1, T)
+        return out
+
+    return run
 
 
 def build(method, z, cb, groups):

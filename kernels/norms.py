@@ -27,6 +27,35 @@ def clear_norm_cache() -> None:
     _CACHE.clear()
 
 
+#: Codebook elements per chunk of the norm computation: its temporaries (a cast copy of half-precision
+#: books, the reduction's scratch) stay this size whatever the codebook's size.
+CHUNK_ELEMENTS = 2**20
+
+
+def _code_rows(cb: torch.Tensor, norm: torch.Tensor):
+    """(codes (n, D), their slots (n,) in ``norm``): all at once when ``cb`` flattens without a copy,
+    else one (group, token) codebook at a time (strided views, e.g. expanded books)."""
+    try:
+        flat = cb.view(-1, cb.shape[-1])
+    except RuntimeError:
+        for m in range(cb.shape[0]):
+            for t in range(cb.shape[1]):
+                yield cb[m, t], norm[m, t]
+        return
+    yield flat, norm.view(-1)
+
+
+def _row_norms(cb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """||c|| of every code of (M, T', K, D) ``cb`` as (M, T', K) ``dtype``, in chunks of codes."""
+    M, Tp, K, D = cb.shape
+    norm = torch.empty(M, Tp, K, dtype=dtype, device=cb.device)
+    step = max(1, CHUNK_ELEMENTS // max(1, D))
+    for rows, out in _code_rows(cb, norm):
+        for r0 in range(0, rows.shape[0], step):
+            torch.linalg.vector_norm(rows[r0:r0 + step].to(dtype), dim=-1, out=out[r0:r0 + step])
+    return norm
+
+
 def codebook_norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """cb: (M, T', K, D) float -> (sq (M, T', K), inv (M, T', K) or empty), fp32 (fp64 for fp64 books)."""
     if metric == "dot":
@@ -40,12 +69,12 @@ def codebook_norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.T
         _CACHE.move_to_end(key)
         return hit[1], hit[2]
     dtype = torch.float64 if cb.dtype == torch.float64 else torch.float32
-    norm = torch.linalg.vector_norm(cb.to(dtype), dim=-1)
+    norm = _row_norms(cb, dtype)
     if metric == "cosine":
-        inv = 1.0 / norm.clamp_min(1e-12)
-        sq = (norm * inv).square()
+        inv = norm.clamp_min(1e-12).reciprocal_()
+        sq = norm.mul_(inv).square_()  # in place: the cache is the only norm-sized memory held
     else:
-        inv, sq = norm.new_empty(0), norm.square()
+        inv, sq = norm.new_empty(0), norm.square_()
     for k in [k for k, v in _CACHE.items() if v[0]() is None]:  # codebooks that are gone
         del _CACHE[k]
     _CACHE[key] = (weakref.ref(storage), sq, inv)

@@ -10,12 +10,15 @@ Distances (what the search minimises, and what it reports):
     "dot":    -<x, c>               (the largest inner product wins; IBQ's rule)
 
 Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. ``memory_budget``
-bounds everything the search allocates beyond its inputs and outputs, in fixed shares: score tiles
-of (groups, tokens, rows, codes) of at most ``memory_budget // 16`` fp32 elements (a quarter), the
-matmul's and argmin's temporaries (a quarter), cached codebook norms (at most an eighth, else they
-are computed per tile; see norms.py), and the per-group index/distance blocks of "nearest"
-selection (a quarter). The one exception is input-sized: with several groups, the images of each
-group are gathered into a copy (at most one copy of z, O(B*T*D)).
+bounds what the search allocates beyond its inputs and outputs, in fixed shares:
+  - a quarter for the Workspace: score tiles of (groups, tokens, rows, codes), gathered or cast code
+    tiles and the running minima, sized by plan_tiles and reused by every tile (tested);
+  - a quarter for the ops' own temporaries (a broadcast matmul's copies) and the distance pass;
+  - a quarter for the per-group index/distance blocks of "nearest" selection.
+Two allocations scale with the inputs instead, and are not charged to the budget: the codebook norms
+(norms.py: M*T'*K floats, 1/D of fp32 books, twice that for "cosine", none for "dot"; cached while
+the codebook is unchanged, so a fixed codebook pays for them once) and at most one copy of z (images
+sorted by group in token layout, cast to the compute dtype or normalised for "cosine").
 
 Fixed groups take one of two paths (``search_fixed_groups``): "bucket" searches the images of each
 present group together, one block per group; "gather" walks chunks of images, each against its own
@@ -40,7 +43,8 @@ import torch.nn.functional as F
 
 from .norms import codebook_norms
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "SEARCH_PATHS", "TARGET_ELEMENTS", "TilePlan", "choose_path",
+__all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "SEARCH_PATHS", "TARGET_ELEMENTS", "TilePlan", "Workspace", "choose_path",
+           "exact_distances",
            "plan_tiles", "search_fixed_groups", "search_all_groups"]
 
 #: Bytes the search may allocate beyond its inputs, outputs and one copy of z (see the module docstring).
@@ -60,24 +64,34 @@ class TilePlan(NamedTuple):
     def elements(self) -> int:
         return self.groups * self.tokens * self.rows * self.codes
 
+    def working_elements(self, dim: int) -> int:
+        """Workspace of one step in compute-dtype elements: scores (g*t*r*k), a gathered or cast code
+        tile and its norms (g*t*k*(D+2)), and the token tile and running minima (g*t*r*(D+7): the
+        values, int64 indices and mask of the current and best minima take at most 7 elements' bytes)."""
+        g, t, r, k = self
+        return g * t * (r * k + k * (dim + 2) + r * (dim + 7))
+
 
 def plan_tiles(groups: int, tokens: int, rows: int, codes: int, dim: int, memory_budget: int,
-               target_elements: int | None = None) -> TilePlan:
+               target_elements: int | None = None, itemsize: int = 4) -> TilePlan:
     """Choose tile extents along (groups, tokens, rows, codes).
 
-    The working set of one step, score tile (g*t*r*k) plus code tile (g*t*k*D) plus token and
-    gathered-code tiles (g*t*r*D), is kept within ``target_elements`` (a cache-sized default on
-    CPU, larger on GPU) and never above ``memory_budget // 16`` fp32 elements (a quarter of the
-    budget; another quarter covers the matmul's and argmin's temporaries). Prefers whole codebooks,
-    then rows, tokens and groups.
+    The working set of one step (``TilePlan.working_elements``: score tile, code tile, token tile and
+    running minima) is kept within ``target_elements`` (a cache-sized default on CPU, larger on GPU)
+    and never above ``memory_budget // (4 * itemsize)`` elements: a quarter of the budget in the
+    compute dtype (``itemsize`` bytes; another quarter covers the ops' own temporaries). Prefers whole
+    codebooks, then rows, tokens and groups.
     Every extent is at least 1, so a tiny budget still makes progress.
     """
-    cap = max(1, int(memory_budget) // 16)
+    cap = max(1, int(memory_budget) // (4 * itemsize))
     elems = min(cap, target_elements) if target_elements else cap
     r0 = max(1, min(rows, 64))
-    k = min(codes, max(1, elems // (r0 + dim)))
-    r = min(rows, max(1, (elems - k * dim) // k) if elems > k * dim else 1)
-    per_token = k * r + k * dim + r * dim
+    while r0 > 1 and elems < r0 * (dim + 7) + r0 + dim + 2:  # room for r0 rows and at least one code
+        r0 //= 2
+    k = min(codes, max(1, (elems - r0 * (dim + 7)) // (r0 + dim + 2)))
+    fixed = k * (dim + 2)
+    r = min(rows, max(1, (elems - fixed) // (k + dim + 7)) if elems > fixed else 1)
+    per_token = k * r + fixed + r * (dim + 7)
     t = min(tokens, max(1, elems // per_token))
     g = min(groups, max(1, elems // (t * per_token)))
     return TilePlan(g, t, r, k)
@@ -96,60 +110,105 @@ def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
     return F.normalize(x, dim=-1) if metric == "cosine" else x
 
 
-def _tile(a: torch.Tensor, sel: torch.Tensor | None, k0: int, k1: int) -> torch.Tensor:
-    """Codes k0:k1 of (G, t, K, ...) ``a``: a view of every group, or a gathered copy of groups ``sel``."""
-    return a[:, :, k0:k1] if sel is None else a[:, :, k0:k1].index_select(0, sel)
+def _prepared(x: torch.Tensor, metric: str, dtype: torch.dtype, order: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, T, D) in the compute dtype, normalised for "cosine" (as F.normalize), and, with ``order``,
+    images permuted and laid out tokens-major: (T, B, D) contiguous. Makes at most one z-sized
+    tensor that outlives the call (none for an fp32 "l2"/"dot" input without ``order``)."""
+    y, owned = x, False
+    if order is not None:
+        y, owned = x.transpose(0, 1).index_select(1, order), True
+    if y.dtype != dtype:
+        y, owned = y.to(dtype), True
+    if metric == "cosine":
+        y = y.div_(y.norm(2, -1, keepdim=True).clamp_min_(1e-12)) if owned else _prepare(y, metric)
+    return y
+
+
+class Workspace:
+    """Scratch buffers of one search, one per role, reused by every tile (and every group bucket).
+
+    Each tile writes its scores, gathered codes and running minima into the same memory (``out=``
+    and in-place ops) instead of allocating and freeing tile-sized tensors: the resident memory of
+    a search is then these buffers, bounded by the plan, rather than whatever the allocator keeps
+    after thousands of frees (measured: 4 MiB score tiles raised RSS by 33 MiB), and no page is
+    faulted in twice. ``nbytes`` is what the buffers hold; tests check it against the budget.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous (shape) tensor of ``dtype`` on the buffer ``name`` (grown when too small)."""
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            self._bufs.pop(name, None)  # free the old one first
+            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+
+def _tile(a: torch.Tensor, sel: torch.Tensor | None, k0: int, k1: int, ws: Workspace, name: str,
+          dtype: torch.dtype) -> torch.Tensor:
+    """Codes k0:k1 of (G, t, K, ...) ``a`` in ``dtype``: a view of every group when that needs no copy,
+    else a copy in the workspace (groups ``sel`` gathered, and/or cast)."""
+    part = a[:, :, k0:k1]
+    if sel is None:
+        if part.dtype == dtype:
+            return part
+        return ws.take(name, tuple(part.shape), dtype).copy_(part)
+    shape = (sel.shape[0], *part.shape[1:])
+    if part.dtype == dtype:
+        return torch.index_select(part, 0, sel, out=ws.take(name, shape, dtype))
+    return ws.take(name, shape, dtype).copy_(part.index_select(0, sel))
 
 
 def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str,
-                  plan: TilePlan, sel: torch.Tensor | None = None) -> torch.Tensor:
-    """Nearest code per (group, token, row).
+                  plan: TilePlan, ws: Workspace, out: torch.Tensor, sel: torch.Tensor | None = None) -> None:
+    """Nearest code per (group, token, row), written into ``out``.
 
     xt: (1, t, R, D) prepared tokens (normalised for "cosine"), compute dtype, searched against every
         group; or (g, t, R, D) with ``sel``: row set i against group sel[i] only (the gather path)
-    cb: (G, t, K, D) codebooks (raw); sq, inv: (G, t, K) their cached norms (see norms.py), or empty
-        tensors to compute each tile's norms on the fly
+    cb: (G, t, K, D) codebooks (raw); sq, inv: (G, t, K) their cached norms (see norms.py; empty for
+        "dot", inv empty unless "cosine")
     sel: None (g = G: every group) or (g,) int64 group ids; each code tile is then gathered per row
         set, (g, t, k, D), never the whole (g, t, K, D)
-    returns (g, t, R) int64
+    out: (g, t, R) int64
     """
     _, t, K, _ = cb.shape
     g = cb.shape[0] if sel is None else sel.shape[0]
-    R = xt.shape[2]
-    out = torch.empty(g, t, R, dtype=torch.long, device=xt.device)
+    R, dtype = xt.shape[2], xt.dtype
     for r0, r1 in _ranges(R, plan.rows):
         xr = xt[:, :, r0:r1]
-        best_val = best_idx = None
+        r = r1 - r0
+        best_val, best_idx = ws.take("best_val", (g, t, r), dtype), ws.take("best_idx", (g, t, r), torch.long)
         for k0, k1 in _ranges(K, plan.codes):
-            c = _tile(cb, sel, k0, k1).to(xt.dtype)  # (g, t, k, D)
+            c = _tile(cb, sel, k0, k1, ws, "codes", dtype)  # (g, t, k, D)
+            score = ws.take("score", (g, t, r, k1 - k0), dtype)
             if metric == "dot":
-                score = torch.matmul(xr, c.transpose(-1, -2)).neg_()
+                torch.matmul(xr, c.transpose(-1, -2), out=score).neg_()
             else:  # ||c||^2 - 2 <x, c> (cosine: <x, c> / |c|); ||x||^2 is constant per row
-                if sq.numel():
-                    cn = _tile(sq, sel, k0, k1).to(xt.dtype).unsqueeze(-2)
-                    ic = _tile(inv, sel, k0, k1).to(xt.dtype).unsqueeze(-2) if metric == "cosine" else None
-                else:  # norms not cached (they would not fit the budget): this tile's, on the fly
-                    nrm = torch.linalg.vector_norm(c, dim=-1).unsqueeze(-2)
-                    ic = 1.0 / nrm.clamp_min(1e-12) if metric == "cosine" else None
-                    cn = (nrm * ic).square_() if metric == "cosine" else nrm.square_()
+                cn = _tile(sq, sel, k0, k1, ws, "sq", dtype).unsqueeze(-2)
                 if metric == "l2" and g == 1:
-                    score = torch.baddbmm(cn[0], xr[0], c[0].transpose(-1, -2), alpha=-2).unsqueeze(0)
+                    torch.baddbmm(cn[0], xr[0], c[0].transpose(-1, -2), alpha=-2, out=score[0])
                 else:
-                    dots = torch.matmul(xr, c.transpose(-1, -2))
+                    torch.matmul(xr, c.transpose(-1, -2), out=score)
                     if metric == "cosine":
-                        dots.mul_(ic)
-                    score = dots.mul_(-2).add_(cn)
-            val, idx = score.min(-1)  # first minimum: lowest index wins ties (as argmin; one pass, not two)
-            idx = idx.add_(k0)
-            del score
-            if best_val is None:
-                best_val, best_idx = val, idx
-            else:
-                better = val < best_val  # strict: the earlier tile (lower index) keeps ties
-                best_val = torch.where(better, val, best_val)
-                best_idx = torch.where(better, idx, best_idx)
+                        score.mul_(_tile(inv, sel, k0, k1, ws, "inv", dtype).unsqueeze(-2))
+                    score.mul_(-2).add_(cn)
+            if k0 == 0:  # first minimum: the lowest index wins ties, as argmin (one pass, not two)
+                torch.min(score, -1, out=(best_val, best_idx))
+                continue
+            val, idx = ws.take("val", (g, t, r), dtype), ws.take("idx", (g, t, r), torch.long)
+            torch.min(score, -1, out=(val, idx))
+            better = torch.lt(val, best_val, out=ws.take("better", (g, t, r), torch.bool))  # strict: the
+            torch.where(better, val, best_val, out=best_val)  # earlier tile (lower index) keeps ties
+            torch.where(better, idx.add_(k0), best_idx, out=best_idx)
         out[:, :, r0:r1] = best_idx
-    return out
 
 
 def _distance(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
@@ -157,6 +216,29 @@ def _distance(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "dot":
         return -(x * c).sum(-1)
     return (x - _prepare(c, metric)).square().sum(-1)
+
+
+def exact_distances(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, indices: torch.Tensor,
+                    metric: str, memory_budget: int = DEFAULT_MEMORY_BUDGET, dtype: torch.dtype | None = None
+                    ) -> torch.Tensor:
+    """The distance of each token to its chosen code, recomputed directly from the difference.
+
+    x: (B, T, D) float (raw: normalised here for "cosine"); codebooks: (M, T', K, D) float; groups: (B,)
+    int64 or None (group 0); indices: (B, T) int64; dtype: the compute dtype (default x's).
+    Returns (B, T) ``dtype``. Works in chunks of images whose gathered codes and temporaries take at
+    most a quarter of the budget.
+    """
+    B, T, D = x.shape
+    dtype = dtype or x.dtype
+    out = torch.empty(B, T, dtype=dtype, device=x.device)
+    tok = (torch.arange(T, device=x.device) if codebooks.shape[1] > 1 else
+           torch.zeros(T, dtype=torch.long, device=x.device))[None, :]
+    step = max(1, (memory_budget // 4) // max(1, 4 * T * D * out.element_size()))  # x, codes, x - c, its square
+    for b0, b1 in _ranges(B, step):
+        g = groups[b0:b1, None] if groups is not None else torch.zeros(1, 1, dtype=torch.long, device=x.device)
+        codes = codebooks[g, tok, indices[b0:b1]].to(dtype)  # (b, T, D)
+        out[b0:b1] = _distance(_prepare(x[b0:b1].to(dtype), metric), codes, metric)
+    return out
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -174,70 +256,95 @@ def _from_token_layout(v: torch.Tensor, B: int, T: int, shared: bool) -> torch.T
     return v.reshape(v.shape[0], B, T) if shared else v.transpose(1, 2)
 
 
-def _search_group_block(x: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str,
-                        budget: int):
-    """All images x (B, T, D) against groups cb (G, T', K, D) with norms sq, inv (G, T', K):
-    (indices (G, B, T), distances (G, B, T))."""
-    B, T, D = x.shape
-    G, Tp, K, _ = cb.shape
-    shared = Tp == 1
-    xt = _token_layout(_prepare(x, metric), shared)  # (1, T', R, D)
-    R = xt.shape[2]
-    plan = plan_tiles(G, Tp, R, K, D, budget, TARGET_ELEMENTS.get(x.device.type, TARGET_ELEMENTS["cuda"]))
-    idx = torch.empty(G, Tp, R, dtype=torch.long, device=x.device)
-    dist = torch.empty(G, Tp, R, dtype=x.dtype, device=x.device)
+def _target(device: torch.device) -> int:
+    return TARGET_ELEMENTS.get(device.type, TARGET_ELEMENTS["cuda"])
+
+
+def _search_block(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str,
+                  budget: int, ws: Workspace, out: torch.Tensor) -> None:
+    """Every row of xt (1, T', R, D) (prepared, compute dtype, token layout) against every group of
+    cb (G, T', K, D) with norms sq, inv (G, T', K) (empty where the metric needs none); the nearest
+    code indices go to out (G, T', R) int64."""
+    _, Tp, R, D = xt.shape
+    G, _, K, _ = cb.shape
+    plan = plan_tiles(G, Tp, R, K, D, budget, _target(xt.device), xt.element_size())
+    if plan.groups == G and plan.tokens == Tp:  # one step: no slicing (the common case of small buckets)
+        _argmin_codes(xt, cb, sq, inv, metric, plan, ws, out)
+        return
     for g0, g1 in _ranges(G, plan.groups):
         for t0, t1 in _ranges(Tp, plan.tokens):
-            sub = cb[g0:g1, t0:t1]
             norms = [n[g0:g1, t0:t1] if n.numel() else n for n in (sq, inv)]
-            i = _argmin_codes(xt[:, t0:t1], sub, *norms, metric, plan)  # (g, t, R)
-            idx[g0:g1, t0:t1] = i
-            for r0, r1 in _ranges(R, plan.rows):
-                ii = i[:, :, r0:r1]
-                codes = torch.gather(sub, 2, ii.unsqueeze(-1).expand(*ii.shape, D)).to(x.dtype)
-                dist[g0:g1, t0:t1, r0:r1] = _distance(xt[:, t0:t1, r0:r1], codes, metric)
-    return _from_token_layout(idx, B, T, shared), _from_token_layout(dist, B, T, shared)
+            _argmin_codes(xt[:, t0:t1], cb[g0:g1, t0:t1], *norms, metric, plan, ws, out[g0:g1, t0:t1])
 
 
-def _search_gathered(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor, sq: torch.Tensor,
-                     inv: torch.Tensor, metric: str, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _search_group_block(xp: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: torch.Tensor, metric: str,
+                        budget: int, ws: Workspace) -> torch.Tensor:
+    """Indices (G, B, T) int64 of all prepared images xp (B, T, D) (compute dtype) against groups
+    cb (G, T', K, D) with norms sq, inv (G, T', K) (empty where the metric needs none)."""
+    B, T, D = xp.shape
+    shared = cb.shape[1] == 1
+    xt = _token_layout(xp, shared)  # (1, T', R, D)
+    idx = torch.empty(cb.shape[0], *xt.shape[1:3], dtype=torch.long, device=xp.device)
+    _search_block(xt, cb, sq, inv, metric, budget, ws, idx)
+    return _from_token_layout(idx, B, T, shared)
+
+
+def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor, groups: torch.Tensor, counts: list,
+                    sq: torch.Tensor, inv: torch.Tensor, metric: str, budget: int, ws: Workspace) -> torch.Tensor:
+    """The bucket path: images x (B, T, D) (raw) sorted by group and prepared once (the one copy of z, in
+    token layout), then each present group's rows, a contiguous slice, against that group's books.
+    Returns indices (B, T)."""
+    B, T, D = x.shape
+    shared = codebooks.shape[1] == 1
+    order = torch.argsort(groups, stable=True)
+    xs = _prepared(x, metric, dtype, order)  # (T, B, D) sorted by group, contiguous: the one copy of z
+    if shared:  # (1, 1, B*T, D): image b's tokens are rows b*T .. b*T+T-1
+        xt, per = xs.transpose(0, 1).reshape(1, 1, B * T, D), T
+    else:  # (1, T, B, D)
+        xt, per = xs.unsqueeze(0), 1
+    idx = torch.empty(1, *xt.shape[1:3], dtype=torch.long, device=x.device)
+    start = 0
+    for g, n in enumerate(counts):  # one bucket per group present in the batch
+        if n:
+            rows = slice(start * per, (start + n) * per)
+            norms = [v[g:g + 1] if v.numel() else v for v in (sq, inv)]
+            _search_block(xt[:, :, rows], codebooks[g:g + 1], *norms, metric, budget, ws, idx[:, :, rows])
+            start += n
+    indices = torch.empty(B, T, dtype=torch.long, device=x.device)
+    indices[order] = _from_token_layout(idx, B, T, shared)[0]
+    return indices
+
+
+def _search_gathered(xp: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor, sq: torch.Tensor,
+                     inv: torch.Tensor, metric: str, budget: int, ws: Workspace) -> torch.Tensor:
     """Each image against its own group's books, a chunk of images per step (the gather path).
 
-    x: (B, T, D) compute dtype; codebooks: (M, T', K, D); groups: (B,) int64; sq, inv: (M, T', K)
-    cached norms or empty. Returns (indices (B, T) int64, distances (B, T) x.dtype). The chunk's code
-    tiles codebooks[groups[chunk], tokens, codes] are gathered into (b, t, k, D) copies sized by
+    xp: (B, T, D) prepared, compute dtype; codebooks: (M, T', K, D); groups: (B,) int64; sq, inv:
+    (M, T', K) cached norms or empty. Returns indices (B, T) int64. The chunk's code tiles
+    codebooks[groups[chunk], tokens, codes] are gathered into (b, t, k, D) workspace copies sized by
     plan_tiles (images play the role of groups), so no group's images are bucketed.
     """
-    B, T, D = x.shape
+    B, T, D = xp.shape
     Tp, K = codebooks.shape[1], codebooks.shape[2]
-    xp = _prepare(x, metric)
     xt = xp.unsqueeze(1) if Tp == 1 else xp.unsqueeze(2)  # (B, T', R, D): R = T if shared, else 1
     R = xt.shape[2]
-    plan = plan_tiles(B, Tp, R, K, D, budget, TARGET_ELEMENTS.get(x.device.type, TARGET_ELEMENTS["cuda"]))
-    idx = torch.empty(B, Tp, R, dtype=torch.long, device=x.device)
-    dist = torch.empty(B, Tp, R, dtype=x.dtype, device=x.device)
+    plan = plan_tiles(B, Tp, R, K, D, budget, _target(xp.device), xp.element_size())
+    idx = torch.empty(B, Tp, R, dtype=torch.long, device=xp.device)
     for b0, b1 in _ranges(B, plan.groups):
-        sel = groups[b0:b1]
         for t0, t1 in _ranges(Tp, plan.tokens):
-            sub = codebooks[:, t0:t1]
             norms = [n[:, t0:t1] if n.numel() else n for n in (sq, inv)]
-            xs = xt[b0:b1, t0:t1]
-            i = _argmin_codes(xs, sub, *norms, metric, plan, sel)  # (b, t, R)
-            idx[b0:b1, t0:t1] = i
-            tok = torch.arange(t1 - t0, device=x.device)[None, :, None]
-            for r0, r1 in _ranges(R, plan.rows):
-                codes = sub[sel[:, None, None], tok, i[:, :, r0:r1]].to(x.dtype)  # (b, t, r, D)
-                dist[b0:b1, t0:t1, r0:r1] = _distance(xs[:, :, r0:r1], codes, metric)
-    return idx.reshape(B, T), dist.reshape(B, T)
+            _argmin_codes(xt[b0:b1, t0:t1], codebooks[:, t0:t1], *norms, metric, plan, ws, idx[b0:b1, t0:t1],
+                          groups[b0:b1])
+    return idx.reshape(B, T)
 
 
 #: "auto" takes the gather path when the batch's images fall in more than one group and average fewer
 #: than this many images per present group; keyed on (shared books, device type). Measured on CPU at
 #: TiTok shapes (T=128, D=12, K=256..1024): with shared (K, D) books the gather path is 2.5-3.9x faster
 #: at about 1-2 images per group and breaks even near 8-16; with token-specific books each image reads
-#: its own T*K*D codes, the search is memory-bound (plus the per-tile norm pass) and the gathered copy
-#: costs more than the per-group calls it saves, so CPU keeps buckets. The torch path on GPU (Triton is
-#: the default there) copies the CPU values until they are measured on a GPU.
+#: its own T*K*D codes, the search is memory-bound and the gathered copy costs more than the per-group
+#: calls it saves, so CPU keeps buckets. The torch path on GPU (Triton is the default there) copies the
+#: CPU values until they are measured on a GPU.
 GATHER_BELOW_IMAGES_PER_GROUP = {(True, "cpu"): 8.0, (False, "cpu"): 0.0, (True, "cuda"): 8.0, (False, "cuda"): 0.0}
 SEARCH_PATHS = ("auto", "bucket", "gather")
 
@@ -249,16 +356,6 @@ def choose_path(batch: int, groups_present: int, shared: bool, device_type: str 
     return "gather" if groups_present > 1 and batch < limit * groups_present else "bucket"
 
 
-def _norms_within_budget(codebooks: torch.Tensor, metric: str, memory_budget: int):
-    """Cached norms (norms.py) when they take at most an eighth of the budget, else empty tensors
-    (each tile then computes its own): the cache is memory the budget must account for."""
-    nbytes = codebooks.shape[0] * codebooks.shape[1] * codebooks.shape[2] * 4 * (2 if metric == "cosine" else 1)
-    if metric == "dot" or nbytes > memory_budget // 8:
-        empty = codebooks.new_empty(0, dtype=torch.float32)
-        return empty, empty
-    return codebook_norms(codebooks, metric)
-
-
 def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, metric: str,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET, *, path: str = "auto"
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,8 +365,8 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
     path: "bucket" (the images of each present group searched together, one block per group),
     "gather" (chunks of images, each against its own gathered code tiles) or "auto" (choose_path:
     gather when images average few per present group, see GATHER_BELOW_IMAGES_PER_GROUP). Both give
-    the same indices (up to exact float near-ties) and exact distances. M == 1 or groups None always
-    searches the one group as a block.
+    the same indices (up to exact float near-ties) and exact distances. A batch whose images all fall
+    in one group (always when M == 1 or groups is None) is searched as one block, whatever the path.
     Returns (indices (B, T) int64, distances (B, T) float32 or float64). Inputs are trusted
     (validated by the public wrappers); raises ValueError for an unknown ``path``.
     """
@@ -278,32 +375,30 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
     B, T, D = x.shape
     M = codebooks.shape[0]
     dtype = _compute_dtype(x, codebooks)
-    sq, inv = _norms_within_budget(codebooks, metric, memory_budget)
+    sq, inv = codebook_norms(codebooks, metric)
+    ws = Workspace(x.device)
 
     def part(n, g):
         return n[g:g + 1] if n.numel() else n
 
     with torch.autocast(x.device.type, enabled=False):
-        x = x.to(dtype)
-        if M == 1 or groups is None:
-            i, d = _search_group_block(x, codebooks[:1], part(sq, 0), part(inv, 0), metric, memory_budget)
-            return i[0], d[0]
-        counts = torch.bincount(groups, minlength=M).tolist()
-        if path == "auto":
-            path = choose_path(B, sum(1 for n in counts if n), codebooks.shape[1] == 1, x.device.type)
-        if path == "gather":
-            return _search_gathered(x, codebooks, groups, sq, inv, metric, memory_budget)
-        indices = torch.empty(B, T, dtype=torch.long, device=x.device)
-        dists = torch.empty(B, T, dtype=dtype, device=x.device)
-        order = torch.argsort(groups, stable=True)
-        start = 0
-        for g, n in enumerate(counts):  # one bucket per group present in the batch
-            if n:
-                sel = order[start:start + n]
-                i, d = _search_group_block(x[sel], codebooks[g:g + 1], part(sq, g), part(inv, g), metric, memory_budget)
-                indices[sel], dists[sel] = i[0], d[0]
-                start += n
-        return indices, dists
+        counts = [B] if M == 1 or groups is None else torch.bincount(groups, minlength=M).tolist()
+        present = [g for g, n in enumerate(counts) if n]
+        if len(present) == 1:  # one group (always for M == 1): a single block, nothing to sort or gather
+            g = present[0]
+            groups = None if M == 1 else groups
+            indices = _search_group_block(_prepared(x, metric, dtype), codebooks[g:g + 1], part(sq, g), part(inv, g),
+                                          metric, memory_budget, ws)[0]
+        else:
+            if path == "auto":
+                path = choose_path(B, len(present), codebooks.shape[1] == 1, x.device.type)
+            if path == "gather":
+                indices = _search_gathered(_prepared(x, metric, dtype), codebooks, groups, sq, inv, metric,
+                                           memory_budget, ws)
+            else:
+                indices = _search_buckets(x, dtype, codebooks, groups, counts, sq, inv, metric, memory_budget, ws)
+        del ws  # the scratch buffers go before the distance pass allocates
+        return indices, exact_distances(x, codebooks, groups, indices, metric, memory_budget, dtype)
 
 
 def _pick_best_groups(chunks, B: int, T: int, M: int, dtype: torch.dtype, device: torch.device):
@@ -341,13 +436,20 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
     B, T, D = x.shape
     M, Tp, K, _ = codebooks.shape
     dtype = _compute_dtype(x, codebooks)
-    sq, inv = _norms_within_budget(codebooks, metric, memory_budget)
+    sq, inv = codebook_norms(codebooks, metric)
+    ws = Workspace(x.device)
     with torch.autocast(x.device.type, enabled=False):
-        x = x.to(dtype)
+        xp = _prepared(x, metric, dtype)
         # bound the (g, B, T) index/distance blocks held per step to the budget as well
         step = max(1, min(M, plan_tiles(M, Tp, B * T // Tp, K, D, memory_budget).groups,
                           (memory_budget // 64) // max(1, B * T)))  # (g, B, T) int64 + float: <= budget / 4
-        chunks = ((g0, *_search_group_block(x, codebooks[g0:g1], sq[g0:g1] if sq.numel() else sq,
-                                            inv[g0:g1] if inv.numel() else inv, metric, memory_budget))
-                  for g0, g1 in _ranges(M, step))
-        return _pick_best_groups(chunks, B, T, M, dtype, x.device)
+
+        def chunks():
+            for g0, g1 in _ranges(M, step):
+                norms = [n[g0:g1] if n.numel() else n for n in (sq, inv)]
+                i = _search_group_block(xp, codebooks[g0:g1], *norms, metric, memory_budget, ws)  # (g, B, T)
+                d = torch.stack([exact_distances(x, codebooks[g:g + 1], None, i[g - g0], metric, memory_budget, dtype)
+                                 for g in range(g0, g1)])
+                yield g0, i, d
+
+        return _pick_best_groups(chunks(), B, T, M, dtype, x.device)

@@ -32,7 +32,7 @@ import os
 import torch
 
 from .norms import clear_norm_cache, codebook_norms as _norms
-from .torch_search import _distance, _prepare
+from .torch_search import _prepare, exact_distances
 
 try:  # triton is optional: the torch path serves when it is missing
     import triton
@@ -206,7 +206,7 @@ def triton_fixed_groups(x: torch.Tensor, cb: torch.Tensor, groups: torch.Tensor 
     idx = idx[0].reshape(B, T) if Tp == 1 else idx[0].transpose(0, 1)
     indices = torch.empty_like(idx)
     indices[order] = idx
-    return indices, _exact(x, cb, groups, indices, metric)
+    return indices, exact_distances(x.float(), cb, groups, indices, metric)
 
 
 def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_budget: int):
@@ -216,6 +216,7 @@ def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_bud
     B, T, D = x.shape
     M, Tp, K, _ = cb.shape
     xp, cbk = _kernel_inputs(x, cb, metric)
+    xf = x.float()
     xt = (xp.reshape(1, B * T, D) if Tp == 1 else xp.transpose(0, 1)).contiguous()
     cbk = cbk.contiguous()
     norms = _norms(cb, metric)
@@ -226,16 +227,9 @@ def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_bud
             g1 = min(M, g0 + step)
             _, idx = _launch(xt, cbk, norms, None, metric, g0, g1 - g0)
             idx = idx.reshape(g1 - g0, B, T) if Tp == 1 else idx.transpose(1, 2)
-            dist = torch.stack([_exact(x, cb, torch.full((B,), g, dtype=torch.long, device=x.device), idx[g - g0], metric)
+            dist = torch.stack([exact_distances(xf, cb[g:g + 1], None, idx[g - g0], metric, memory_budget)
                                 for g in range(g0, g1)])
             yield g0, idx, dist
 
     return _pick_best_groups(chunks(), B, T, M, torch.float32, x.device)
 
-
-def _exact(x: torch.Tensor, cb: torch.Tensor, groups: torch.Tensor, indices: torch.Tensor, metric: str) -> torch.Tensor:
-    """Distance of each token to its chosen code, recomputed directly in fp32: (B, T)."""
-    T = x.shape[1]
-    tok = torch.arange(T, device=x.device) if cb.shape[1] > 1 else torch.zeros(T, dtype=torch.long, device=x.device)
-    codes = cb[groups[:, None], tok[None, :], indices].float()
-    return _distance(_prepare(x.float(), metric), codes, metric)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from vqswitch.kernels import nearest_codeword, nearest_group, plan_tiles
+from vqswitch.kernels import nearest_codeword, nearest_group, plan_tiles, torch_search
 
 import reference
 
@@ -122,11 +122,46 @@ def test_low_and_high_precision_inputs_search_in_fp32_or_better(dtype):
 @given(st.integers(1, 300), st.integers(1, 1024), st.integers(1, 5000), st.integers(1, 70000),
        st.integers(1, 300), st.integers(1, 2**28))
 def test_tile_plan_respects_the_budget(groups, tokens, rows, codes, dim, budget):
-    p = plan_tiles(groups, tokens, rows, codes, dim, budget)
-    assert 1 <= p.groups <= groups and 1 <= p.tokens <= tokens and 1 <= p.rows <= rows and 1 <= p.codes <= codes
-    cap = max(1, budget // 16)
-    if cap >= rows + dim:  # room for more than one element per extent: the tile fits the cap
-        assert p.elements <= cap
+    for itemsize in (4, 8):
+        p = plan_tiles(groups, tokens, rows, codes, dim, budget, itemsize=itemsize)
+        assert 1 <= p.groups <= groups and 1 <= p.tokens <= tokens and 1 <= p.rows <= rows and 1 <= p.codes <= codes
+        cap = max(1, budget // (4 * itemsize))
+        if cap >= 2 * dim + 10:  # room for one code and one row: the whole working set fits the cap
+            assert p.elements <= p.working_elements(dim) <= cap
+
+
+class _RecordingWorkspace(torch_search.Workspace):
+    peak = 0
+
+    def take(self, *a):
+        out = super().take(*a)
+        _RecordingWorkspace.peak = max(_RecordingWorkspace.peak, self.nbytes)
+        return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 300), st.integers(1, 24), st.integers(1, 6),
+       st.booleans(), st.sampled_from(METRICS), st.sampled_from(["auto", "bucket", "gather"]),
+       st.sampled_from([torch.float32, torch.float64]), st.integers(12, 16))
+def test_workspace_stays_within_a_quarter_of_the_budget(B, T, K, D, M, shared, metric, path, dtype, log_budget):
+    """The scratch buffers every tile reuses (Workspace) never outgrow their share of the budget."""
+    budget = 2**log_budget
+    g = torch.Generator().manual_seed(B * 1000 + K)
+    z = torch.randn(B, T, D, generator=g, dtype=dtype)
+    cb = torch.randn(M, 1 if shared else T, K, D, generator=g, dtype=dtype)
+    groups = torch.randint(0, M, (B,), generator=g)
+    real = torch_search.Workspace
+    torch_search.Workspace, _RecordingWorkspace.peak = _RecordingWorkspace, 0
+    try:
+        i, _ = torch_search.search_fixed_groups(z, cb, groups, metric, budget, path=path)
+        gr = torch_search.search_all_groups(z, cb, metric, budget)
+    finally:
+        torch_search.Workspace = real
+    assert 0 < _RecordingWorkspace.peak <= budget // 4, (_RecordingWorkspace.peak, budget)
+    ref_i, _ = reference.nearest(z.double(), cb.double(), groups, metric)
+    clear = _near_tie_free(z.double(), cb.double(), groups, metric, i)
+    assert torch.equal(i[clear], ref_i[clear])
+    assert gr[0].shape == (B,)
 
 
 def test_memory_stays_within_budget_measured():
@@ -184,6 +219,28 @@ def test_nan_and_inf_are_refused_inside_the_op():
     assert nearest_codeword(z, torch.randn(5, 4), check_finite=False).indices.shape == (2, 3)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]), st.integers(1, 3000),
+       st.lists(st.tuples(st.integers(0, 2**31), st.sampled_from([float("nan"), float("inf"), -float("inf")])),
+                max_size=3), st.floats(1e-3, 1e4))
+def test_all_finite_agrees_with_isfinite(dtype, n, bad, scale):
+    from vqswitch.kernels import all_finite
+
+    z = (torch.randn(n, generator=torch.Generator().manual_seed(n)) * scale).to(dtype)
+    for pos, v in bad:
+        z[pos % n] = v
+    assert all_finite(z.reshape(1, n, 1)) == bool(torch.isfinite(z).all())
+
+
+def test_all_finite_takes_extreme_finite_values():
+    from vqswitch.kernels import all_finite
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        info = torch.finfo(dtype)
+        assert all_finite(torch.tensor([info.min, info.max, info.tiny, -0.0], dtype=dtype))
+        assert not all_finite(torch.tensor([info.min, float("nan")], dtype=dtype))
+
+
 def test_finite_check_stays_within_budget_measured():
     """Regression: torch.isfinite(z).all() allocated ~1.6x |z| beside the search's budget."""
     from torch.profiler import ProfilerActivity, profile
@@ -202,9 +259,6 @@ def test_finite_check_stays_within_budget_measured():
 
 
 # --- the gather path of fixed-group search (many groups, few images each) ---
-
-from vqswitch.kernels import torch_search  # noqa: E402
-
 
 @st.composite
 def many_group_problems(draw):
@@ -291,3 +345,53 @@ def test_gather_path_memory_stays_within_budget_measured(metric):
     assert 32 * 64 * 2048 * 4 >= 16 * budget and 32 * 64 * 128 * 16 * 4 >= 16 * budget
     assert torch.equal(i, torch_search.search_fixed_groups(z, shared_cb, groups, metric, budget, path="bucket")[0])
     assert torch.equal(j, torch_search.search_fixed_groups(z, token_cb, groups % 16, metric, budget, path="bucket")[0])
+
+
+# --- codebook norms (kernels/norms.py), computed in chunks ---
+
+from vqswitch.kernels import norms  # noqa: E402
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]), st.integers(1, 3),
+       st.integers(1, 4), st.integers(1, 50), st.integers(1, 9), st.sampled_from(["contiguous", "expanded", "transposed"]),
+       st.sampled_from(["l2", "cosine"]), st.integers(1, 64))
+def test_codebook_norms_in_chunks_match_the_direct_computation(dtype, M, T, K, D, layout, metric, chunk):
+    g = torch.Generator().manual_seed(M * 100 + K)
+    base = torch.randn(M, 1 if layout == "expanded" else T, K, D, generator=g)
+    base[..., 0, :] = 0  # a zero code: cosine clamps its norm
+    if layout == "expanded":  # one token book seen by every token (stride 0)
+        cb = base.to(dtype).expand(M, T, K, D)
+    elif layout == "transposed":
+        cb = base.transpose(0, 1).contiguous().to(dtype).transpose(0, 1)
+    else:
+        cb = base.to(dtype)
+    real, norms.CHUNK_ELEMENTS = norms.CHUNK_ELEMENTS, chunk
+    try:
+        norms.clear_norm_cache()
+        sq, inv = norms.codebook_norms(cb, metric)
+    finally:
+        norms.CHUNK_ELEMENTS = real
+        norms.clear_norm_cache()
+    want_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    n = torch.linalg.vector_norm(cb.to(want_dtype), dim=-1)
+    assert sq.dtype == want_dtype and sq.shape == (M, T, K)
+    if metric == "cosine":
+        want_inv = 1.0 / n.clamp_min(1e-12)
+        assert torch.allclose(inv, want_inv, rtol=1e-6) and torch.allclose(sq, (n * want_inv).square(), rtol=1e-6)
+    else:
+        assert inv.numel() == 0 and torch.allclose(sq, n.square(), rtol=1e-6)
+
+
+def test_codebook_norms_of_half_books_hold_no_full_precision_copy_measured():
+    """Regression: the norms of bf16 books were computed on a float32 copy of the whole codebook."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cb = torch.randn(4, 32, 512, 64).to(torch.bfloat16)  # 8 MiB of books; an fp32 copy is 16 MiB
+    norms.clear_norm_cache()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        sq, _ = norms.codebook_norms(cb, "l2")
+    norms.clear_norm_cache()
+    biggest = max(e.cpu_memory_usage for e in prof.events())
+    assert biggest <= max(sq.numel() * 4, 2 * norms.CHUNK_ELEMENTS * 4), biggest
+    assert biggest < cb.numel() * 4 // 2
