@@ -53,7 +53,8 @@ custom op whose first call imports torch._dynamo, sympy, ...: ~1 s and ~150 MiB 
   peak, so ru_maxrss growth is measured as in an exec'd worker. On CUDA (and with --isolation exec) the
   row runs in this script re-run with a hidden --worker argument, as in bench_search.py; the parent then
   never imports torch, since exec (unlike fork) carries a process's high-water mark over to the new program.
-Time is the median of --repeats (default 5) calls after one warm-up call. Before each row the parent waits
+Time is the median of --repeats (default 5) calls, or of as many as fit in 0.3 s (at most 200), after
+warm-up calls filling 0.2 s (at least one; see WARMUP_S). Before each row the parent waits
 (<= 60 s) for the CPUs to be quiet and reruns a row (--retries, default 2) whose repeats were disturbed by
 other processes using > 10% of the CPUs (marked "!" if still disturbed; rows whose repeats last < 0.2 s
 cannot be judged from /proc/stat's 10 ms ticks: JSON "contention" null).
@@ -85,7 +86,8 @@ Target checks (printed PASS / FAIL / N/A, computed from this run only):
   CPU: vqswitch-torch >= 3x vector-quantize-pytorch and no slower than faiss at the TiTok-S shapes (for M > 1
        against vector-quantize-pytorch-per-group, the same task; the ratio to the "*" lower bound is printed
        as information);
-  both: every vqswitch row's peak memory <= its memory budget (vqswitch.kernels.DEFAULT_MEMORY_BUDGET).
+  both: every vqswitch row's peak memory <= its memory budget (vqswitch.kernels.DEFAULT_MEMORY_BUDGET) plus the
+        input-sized allowance its docs grant (allowance_mib: outputs, one copy of z, the cached codebook norms).
 Other options: --json PATH, --plot PATH ("" for none), --retries N, --row-timeout S (default 900),
 --isolation fork|exec.
 """
@@ -280,6 +282,13 @@ def task_work(s: dict, B: int, method: str, groups) -> dict:
     return dict(bytes=4 * B * T * D + book_bytes + out_bytes, flops=flops(s, B, method))
 
 
+#: Calls shorter than these windows are repeated: warm-up calls fill WARMUP_S (at least one call), and
+#: the timed calls fill TIMED_S (at least --repeats), both at most MAX_CALLS. Sub-millisecond rows
+#: were measured to slow down by up to 3x over their first ~10 calls (caches, thread pools), for
+#: every method alike, so a fixed 1 + 5 calls over-stated their times.
+WARMUP_S, TIMED_S, MAX_CALLS = 0.2, 0.3, 200
+
+
 def measure(spec: dict) -> dict:
     """Time one (shape, B, method) and read its peak memory; runs in a fresh worker process."""
     torch.set_num_threads(spec["threads"])
@@ -305,11 +314,19 @@ def measure(spec: dict) -> dict:
             sync()
             torch.cuda.reset_peak_memory_stats()
             base, slack = torch.cuda.memory_allocated() / 2**20, 0.0
+        t0 = time.perf_counter()
         if out is None:
             out = fn()  # CPU: the warm-up call counts toward the peak like the others
             sync()
+        warm = 1
+        while time.perf_counter() - t0 < WARMUP_S and warm < MAX_CALLS:  # short calls: warm caches and pools
+            fn()
+            sync()
+            warm += 1
+        per_call = (time.perf_counter() - t0) / warm
+        repeats = max(spec["repeats"], min(MAX_CALLS, int(TIMED_S / max(per_call, 1e-9))))
         times, cpu0 = [], bs.cpu_seconds()
-        for _ in range(spec["repeats"]):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             sync()
@@ -324,7 +341,7 @@ def measure(spec: dict) -> dict:
     contention = max(0.0, other / (sum(times) * (os.cpu_count() or 1))) if sum(times) >= 0.2 else None
     return dict(median_ms=1e3 * statistics.median(times), times_ms=[1e3 * t for t in times],
                 peak_mib=peak, peak_kind="host ru_maxrss growth" if host else "CUDA max_memory_allocated growth",
-                baseline_slack_mib=slack, contention=contention,
+                baseline_slack_mib=slack, contention=contention, warmup_calls=warm,
                 agreement_pct=None if ref is fn else
                 [100.0 * (o.cpu() == e.cpu()).double().mean().item() for o, e in pairs],
                 **task_work(s, B, method, groups))
@@ -524,6 +541,16 @@ def skip_reason(s: dict, B: int, method: str, machine: dict, max_gflop: float | 
     return None
 
 
+def allowance_mib(s: dict, B: int, method: str) -> float:
+    """What vqswitch may allocate beyond its budget, by its documented rules (kernels/torch_search.py):
+    its outputs, one copy of z, and the cached codebook norms (M*T'*K fp32; twice for cosine; none
+    for dot)."""
+    T, D, K, M = s["T"], s["D"], s["K"], s["M"]
+    outputs = B * T * (8 + 4) + (B * 8 + B * M * 4 if task(method) == "nearest" else 0)
+    norms = {"l2": 1, "cosine": 2, "dot": 0}[s["metric"]] * 4 * M * (1 if s.get("shared") else T) * K
+    return (outputs + 4 * B * T * D + norms) / 2**20
+
+
 def derive(rows: list, roof: dict) -> None:
     """Add GFLOP/s, GB/s, roofline x and vqs-best x (speed-up of the fastest vqswitch backend) to each row."""
     for r in rows:
@@ -635,9 +662,10 @@ def targets(rows: list, machine: dict, budget_mib: float) -> list:
         check("CPU: vqswitch-torch no slower than faiss at TiTok-S shapes (faiss-flat-per-token)",
               ratios(TORCH, FAISS_LOOP, titok_s), cpu_na or (None if machine["faiss"] else "faiss not installed"),
               lambda v: v < 1),
-        check(f"vqswitch peak memory <= its budget ({budget_mib:.0f} MiB; value = peak MiB)",
-              [(f"{r['shape']} B{r['B']} {r['method']}", r["peak_mib"]) for r in by.values()
-               if r["method"].startswith("vqswitch")], None, lambda v: v > budget_mib),
+        check(f"vqswitch peak memory <= its budget ({budget_mib:.0f} MiB) + the input-sized allowance "
+              "(value = peak / (budget + allowance))",
+              [(f"{r['shape']} B{r['B']} {r['method']}", r["peak_mib"] / (budget_mib + r["allowance_mib"]))
+               for r in by.values() if r["method"].startswith("vqswitch")], None, lambda v: v > 1),
     ]
     lower = ratios(TORCH, VQP, lambda r: titok_s(r) and r["shape_spec"]["M"] > 1)
     if lower:  # informative only: a smaller task than vqswitch's (one group's books for every image)
@@ -698,7 +726,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help=f"B in {QUICK_BATCHES} and shapes {QUICK_SHAPES}")
     p.add_argument("--shapes", help="comma-separated shape names or prefixes (default: all; see the docstring)")
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,16,64,256)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per row after one warm-up (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="least timed calls per row, after warm-up (median reported)")
     p.add_argument("--metric", choices=["l2", "cosine", "dot"], help="override every shape's metric")
     p.add_argument("--max-gflop", type=float, default=None,
                    help=f"skip rows estimated above this (default {CPU_MAX_GFLOP:.0f} on CPU, unlimited on GPU)")
@@ -750,13 +778,14 @@ def main() -> None:
     if isolation == "fork":
         prepare_fork_parent()  # after the info worker: an exec'd process inherits its parent's RSS peak
     limit = args.max_gflop if args.max_gflop is not None else CPU_MAX_GFLOP
-    print(f"median of {args.repeats} calls after 1 warm-up; rows above {limit:.0f} GFLOP "
+    print(f"median of >= {args.repeats} calls (as many as fit in {TIMED_S} s, <= {MAX_CALLS}) after >= 1 warm-up "
+          f"call ({WARMUP_S} s); rows above {limit:.0f} GFLOP "
           f"{'skipped' if args.max_gflop is not None else 'skipped on CPU (faiss always runs on CPU)'}", flush=True)
 
     plan = [(s, B, m) for s in shapes for B in batches for m in methods_for(s, machine)]
     rows = []
     for n, (s, B, m) in enumerate(plan, 1):
-        row = dict(shape=s["name"], B=B, method=m, task=task(m), shape_spec=s)
+        row = dict(shape=s["name"], B=B, method=m, task=task(m), shape_spec=s, allowance_mib=allowance_mib(s, B, m))
         reason = skip_reason(s, B, m, machine, args.max_gflop)
         if reason:
             rows.append(dict(row, skipped=reason))

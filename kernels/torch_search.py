@@ -231,13 +231,25 @@ def exact_distances(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tens
     B, T, D = x.shape
     dtype = dtype or x.dtype
     out = torch.empty(B, T, dtype=dtype, device=x.device)
-    tok = (torch.arange(T, device=x.device) if codebooks.shape[1] > 1 else
-           torch.zeros(T, dtype=torch.long, device=x.device))[None, :]
+    Tp, K = codebooks.shape[1], codebooks.shape[2]
+    # row of code (g, t, k) in the (M*T'*K, D) view of the books: (g*T' + t)*K + k
+    base = (torch.arange(T, device=x.device) * K)[None, :] if Tp > 1 else None
+    try:
+        flat = codebooks.view(-1, D)  # no copy for contiguous books
+    except RuntimeError:
+        flat = None
     step = max(1, (memory_budget // 4) // max(1, 4 * T * D * out.element_size()))  # x, codes, x - c, its square
     for b0, b1 in _ranges(B, step):
-        g = groups[b0:b1, None] if groups is not None else torch.zeros(1, 1, dtype=torch.long, device=x.device)
-        codes = codebooks[g, tok, indices[b0:b1]].to(dtype)  # (b, T, D)
-        out[b0:b1] = _distance(_prepare(x[b0:b1].to(dtype), metric), codes, metric)
+        idx = indices[b0:b1]
+        if flat is not None:
+            rows = idx if base is None else idx + base
+            if groups is not None:
+                rows = rows + (groups[b0:b1, None] * (Tp * K))
+            codes = flat.index_select(0, rows.reshape(-1)).view(b1 - b0, T, D)
+        else:  # strided books: advanced indexing
+            g = groups[b0:b1, None] if groups is not None else 0
+            codes = codebooks[g, torch.arange(T, device=x.device)[None] if Tp > 1 else 0, idx]
+        out[b0:b1] = _distance(_prepare(x[b0:b1].to(dtype), metric), codes.to(dtype), metric)
     return out
 
 
@@ -289,7 +301,7 @@ def _search_group_block(xp: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, in
     return _from_token_layout(idx, B, T, shared)
 
 
-def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor, groups: torch.Tensor, counts: list,
+def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor, groups: torch.Tensor, present: list,
                     sq: torch.Tensor, inv: torch.Tensor, metric: str, budget: int, ws: Workspace) -> torch.Tensor:
     """The bucket path: images x (B, T, D) (raw) sorted by group and prepared once (the one copy of z, in
     token layout), then each present group's rows, a contiguous slice, against that group's books.
@@ -303,13 +315,14 @@ def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor
     else:  # (1, T, B, D)
         xt, per = xs.unsqueeze(0), 1
     idx = torch.empty(1, *xt.shape[1:3], dtype=torch.long, device=x.device)
+    counts = torch.bincount(groups, minlength=codebooks.shape[0]).tolist()
     start = 0
-    for g, n in enumerate(counts):  # one bucket per group present in the batch
-        if n:
-            rows = slice(start * per, (start + n) * per)
-            norms = [v[g:g + 1] if v.numel() else v for v in (sq, inv)]
-            _search_block(xt[:, :, rows], codebooks[g:g + 1], *norms, metric, budget, ws, idx[:, :, rows])
-            start += n
+    for g in present:  # one bucket per group present in the batch, in ascending order (as sorted)
+        n = counts[g]
+        rows = slice(start * per, (start + n) * per)
+        norms = [v[g:g + 1] if v.numel() else v for v in (sq, inv)]
+        _search_block(xt[:, :, rows], codebooks[g:g + 1], *norms, metric, budget, ws, idx[:, :, rows])
+        start += n
     indices = torch.empty(B, T, dtype=torch.long, device=x.device)
     indices[order] = _from_token_layout(idx, B, T, shared)[0]
     return indices
@@ -382,8 +395,7 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
         return n[g:g + 1] if n.numel() else n
 
     with torch.autocast(x.device.type, enabled=False):
-        counts = [B] if M == 1 or groups is None else torch.bincount(groups, minlength=M).tolist()
-        present = [g for g, n in enumerate(counts) if n]
+        present = [0] if M == 1 or groups is None else torch.unique(groups).tolist()
         if len(present) == 1:  # one group (always for M == 1): a single block, nothing to sort or gather
             g = present[0]
             groups = None if M == 1 else groups
@@ -396,7 +408,7 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
                 indices = _search_gathered(_prepared(x, metric, dtype), codebooks, groups, sq, inv, metric,
                                            memory_budget, ws)
             else:
-                indices = _search_buckets(x, dtype, codebooks, groups, counts, sq, inv, metric, memory_budget, ws)
+                indices = _search_buckets(x, dtype, codebooks, groups, present, sq, inv, metric, memory_budget, ws)
         del ws  # the scratch buffers go before the distance pass allocates
         return indices, exact_distances(x, codebooks, groups, indices, metric, memory_budget, dtype)
 
