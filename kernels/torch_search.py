@@ -13,12 +13,14 @@ Memory: no backend ever holds the (B, T, K) (or (B, M, T, K)) distance tensor. `
 bounds what the search allocates beyond its inputs and outputs, in fixed shares:
   - a quarter for the Workspace: score tiles of (groups, tokens, rows, codes), gathered or cast code
     tiles and the running minima, sized by plan_tiles and reused by every tile (tested);
+  - a quarter for the bucket path's copy of the images it is searching (sorted by group, cast,
+    normalised, in token layout), made a chunk of images at a time;
   - a quarter for the ops' own temporaries (a broadcast matmul's copies) and the distance pass;
   - a quarter for the per-group index/distance blocks of "nearest" selection.
 Two allocations scale with the inputs instead, and are not charged to the budget: the codebook norms
 (norms.py: M*T'*K floats, 1/D of fp32 books, twice that for "cosine", none for "dot"; cached while
-the codebook is unchanged, so a fixed codebook pays for them once) and at most one copy of z (images
-sorted by group in token layout, cast to the compute dtype or normalised for "cosine").
+the codebook is unchanged, so a fixed codebook pays for them once) and, on the other paths, one copy
+of z when it must be cast to the compute dtype or normalised for "cosine".
 
 Fixed groups take one of two paths (``search_fixed_groups``): "bucket" searches the images of each
 present group together, one block per group; "gather" walks chunks of images, each against its own
@@ -114,17 +116,24 @@ def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
 COPY_CHUNK_ELEMENTS = 2**20
 
 
-def _prepared(x: torch.Tensor, metric: str, dtype: torch.dtype, order: torch.Tensor | None = None) -> torch.Tensor:
-    """x (B, T, D) in the compute dtype, normalised for "cosine" (as F.normalize), and, with ``order``,
-    images permuted and laid out tokens-major: (T, B, D) contiguous. Makes at most one z-sized
-    tensor that outlives the call (none for an fp32 "l2"/"dot" input without ``order``)."""
+def _prepared(x: torch.Tensor, metric: str, dtype: torch.dtype, order: torch.Tensor | None = None,
+              token_major: bool = False) -> torch.Tensor:
+    """x (B, T, D) in the compute dtype, normalised for "cosine" (as F.normalize). With ``order`` (n,):
+    a new contiguous tensor of images x[order], laid out (T, n, D) if ``token_major`` else (n, T, D),
+    filled a chunk of images at a time (index_select on a transposed view would first copy all of z).
+    Without ``order`` the result is x itself for an fp32 "l2"/"dot" input, else one z-sized copy."""
     y, owned = x, False
-    if order is not None:  # filled a chunk of images at a time: index_select on the transposed view would
-        B, T, D = x.shape  # first copy all of z to make it contiguous (measured: 2 copies of z at MaskGIT B=256)
-        y, owned = torch.empty(T, B, D, dtype=dtype, device=x.device), True
+    if order is not None:
+        B, T, D = x.shape
+        n = order.shape[0]
+        y, owned = torch.empty((T, n, D) if token_major else (n, T, D), dtype=dtype, device=x.device), True
         step = max(1, COPY_CHUNK_ELEMENTS // max(1, T * D))
-        for b0, b1 in _ranges(B, step):
-            y[:, b0:b1] = x.index_select(0, order[b0:b1]).transpose(0, 1)
+        for b0, b1 in _ranges(n, step):
+            part = x.index_select(0, order[b0:b1])
+            if token_major:
+                y[:, b0:b1] = part.transpose(0, 1)
+            else:
+                y[b0:b1] = part
     if y.dtype != dtype:
         y, owned = y.to(dtype), True
     if metric == "cosine":
@@ -309,30 +318,35 @@ def _search_group_block(xp: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, in
     return _from_token_layout(idx, B, T, shared)
 
 
-def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor, groups: torch.Tensor, present: list,
+def _search_buckets(x: torch.Tensor, dtype: torch.dtype, codebooks: torch.Tensor, groups: torch.Tensor,
                     sq: torch.Tensor, inv: torch.Tensor, metric: str, budget: int, ws: Workspace) -> torch.Tensor:
-    """The bucket path: images x (B, T, D) (raw) sorted by group and prepared once (the one copy of z, in
-    token layout), then each present group's rows, a contiguous slice, against that group's books.
-    Returns indices (B, T)."""
+    """The bucket path: images x (B, T, D) (raw) sorted by group, then copied (cast, normalised, in token
+    layout) a chunk of sorted images at a time, at most a quarter of the budget per copy; within a
+    chunk each group's rows, a contiguous slice, are searched against that group's books.
+    Returns indices (B, T) int64."""
     B, T, D = x.shape
     shared = codebooks.shape[1] == 1
     order = torch.argsort(groups, stable=True)
-    xs = _prepared(x, metric, dtype, order)  # (T, B, D) sorted by group, contiguous: the one copy of z
-    if shared:  # (1, 1, B*T, D): image b's tokens are rows b*T .. b*T+T-1
-        xt, per = xs.transpose(0, 1).reshape(1, 1, B * T, D), T
-    else:  # (1, T, B, D)
-        xt, per = xs.unsqueeze(0), 1
-    idx = torch.empty(1, *xt.shape[1:3], dtype=torch.long, device=x.device)
-    counts = torch.bincount(groups, minlength=codebooks.shape[0]).tolist()
-    start = 0
-    for g in present:  # one bucket per group present in the batch, in ascending order (as sorted)
-        n = counts[g]
-        rows = slice(start * per, (start + n) * per)
-        norms = [v[g:g + 1] if v.numel() else v for v in (sq, inv)]
-        _search_block(xt[:, :, rows], codebooks[g:g + 1], *norms, metric, budget, ws, idx[:, :, rows])
-        start += n
+    sorted_groups = groups[order]
+    step = max(1, (budget // 4) // (T * D * torch.empty((), dtype=dtype).element_size()))  # images per copy
+    found = torch.empty(B, T, dtype=torch.long, device=x.device)  # indices of the sorted images
+    for c0, c1 in _ranges(B, step):
+        n = c1 - c0
+        xs = _prepared(x, metric, dtype, order[c0:c1], token_major=not shared)
+        # token-specific: (1, T, n, D), rows = images; shared: (1, 1, n*T, D), image b's tokens are rows b*T..
+        xt, per = (xs.view(1, 1, n * T, D), T) if shared else (xs.unsqueeze(0), 1)
+        idx = torch.empty(1, *xt.shape[1:3], dtype=torch.long, device=x.device)
+        gs, counts = torch.unique_consecutive(sorted_groups[c0:c1], return_counts=True)
+        start = 0
+        for g, m in zip(gs.tolist(), counts.tolist()):  # one bucket per group present, ascending
+            rows = slice(start * per, (start + m) * per)
+            norms = [v[g:g + 1] if v.numel() else v for v in (sq, inv)]
+            _search_block(xt[:, :, rows], codebooks[g:g + 1], *norms, metric, budget, ws, idx[:, :, rows])
+            start += m
+        found[c0:c1] = _from_token_layout(idx, n, T, shared)[0]
+        del xs, xt
     indices = torch.empty(B, T, dtype=torch.long, device=x.device)
-    indices[order] = _from_token_layout(idx, B, T, shared)[0]
+    indices[order] = found
     return indices
 
 
@@ -416,7 +430,7 @@ def search_fixed_groups(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.
                 indices = _search_gathered(_prepared(x, metric, dtype), codebooks, groups, sq, inv, metric,
                                            memory_budget, ws)
             else:
-                indices = _search_buckets(x, dtype, codebooks, groups, present, sq, inv, metric, memory_budget, ws)
+                indices = _search_buckets(x, dtype, codebooks, groups, sq, inv, metric, memory_budget, ws)
         del ws  # the scratch buffers go before the distance pass allocates
         return indices, exact_distances(x, codebooks, groups, indices, metric, memory_budget, dtype)
 
