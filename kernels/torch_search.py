@@ -202,7 +202,9 @@ def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: tor
     for r0, r1 in _ranges(R, plan.rows):
         xr = xt[:, :, r0:r1]
         r = r1 - r0
-        best_val, best_idx = ws.take("best_val", (g, t, r), dtype), ws.take("best_idx", (g, t, r), torch.long)
+        dst = out[:, :, r0:r1]  # the running argmin lives in the output itself when that is contiguous
+        best_idx = dst if dst.is_contiguous() else ws.take("best_idx", (g, t, r), torch.long)
+        best_val = ws.take("best_val", (g, t, r), dtype)
         for k0, k1 in _ranges(K, plan.codes):
             c = _tile(cb, sel, k0, k1, ws, "codes", dtype)  # (g, t, k, D)
             score = ws.take("score", (g, t, r, k1 - k0), dtype)
@@ -225,7 +227,8 @@ def _argmin_codes(xt: torch.Tensor, cb: torch.Tensor, sq: torch.Tensor, inv: tor
             better = torch.lt(val, best_val, out=ws.take("better", (g, t, r), torch.bool))  # strict: the
             torch.where(better, val, best_val, out=best_val)  # earlier tile (lower index) keeps ties
             torch.where(better, idx.add_(k0), best_idx, out=best_idx)
-        out[:, :, r0:r1] = best_idx
+        if best_idx is not dst:
+            dst.copy_(best_idx)
 
 
 def _distance(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:

@@ -433,3 +433,18 @@ def test_bucket_path_copies_z_a_chunk_at_a_time_measured(metric):
     assert out.returncode == 0, out.stderr[-2000:]
     growth_in_z = float(out.stdout.strip().splitlines()[-1])
     assert growth_in_z < 0.25, growth_in_z
+
+
+@settings(max_examples=40, deadline=None)
+@given(many_group_problems(), st.sampled_from(METRICS), st.sampled_from(["auto", "bucket", "gather"]),
+       st.sampled_from([1, 500, 10**9]))
+def test_search_never_writes_to_its_inputs(problem, metric, path, budget):
+    """The search works in place on its own buffers only: z, the codebooks and groups come back bitwise
+    unchanged on every path (in-place normalisation and running minima must never alias an input)."""
+    z, cb, groups = problem
+    before = [t.clone() for t in (z, cb, groups)]
+    torch_search.search_fixed_groups(z, cb, groups, metric, budget, path=path)
+    torch_search.search_all_groups(z, cb, metric, budget)
+    nearest_codeword(z, cb, groups, metric, memory_budget=budget)
+    for t, b in zip((z, cb, groups), before):
+        assert torch.equal(t, b)
