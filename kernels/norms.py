@@ -75,7 +75,8 @@ def codebook_norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.T
         sq = norm.mul_(inv).square_()  # in place: the cache is the only norm-sized memory held
     else:
         inv, sq = norm.new_empty(0), norm.square_()
-    for k in [k for k, v in _CACHE.items() if v[0]() is None]:  # codebooks that are gone
+    for k in [k for k, v in _CACHE.items()  # codebooks that are gone, and older versions of this one
+              if v[0]() is None or (k[:2] == key[:2] and k[3:] == key[3:] and v[0]() is storage)]:
         del _CACHE[k]
     _CACHE[key] = (weakref.ref(storage), sq, inv)
     while len(_CACHE) > _CACHE_SIZE:

@@ -448,3 +448,22 @@ def test_search_never_writes_to_its_inputs(problem, metric, path, budget):
     nearest_codeword(z, cb, groups, metric, memory_budget=budget)
     for t, b in zip((z, cb, groups), before):
         assert torch.equal(t, b)
+
+
+def test_norm_cache_keeps_one_entry_per_codebook_while_it_trains():
+    """Regression: every optimizer step bumps the codebook's version and adds a cache entry; stale
+    versions (never hit again) stayed until evicted, holding up to 4x the norms of a large codebook."""
+    norms.clear_norm_cache()
+    g = torch.Generator().manual_seed(8)
+    cb = torch.nn.Parameter(torch.randn(3, 4, 32, 6, generator=g))
+    other = torch.randn(2, 4, 16, 6, generator=g)
+    z = torch.randn(5, 4, 6, generator=g)
+    for step in range(6):
+        with torch.no_grad():
+            cb.add_(0.01)  # what an optimizer step does
+        res = nearest_codeword(z, cb.detach(), torch.arange(5) % 3)
+        nearest_codeword(z, other, torch.arange(5) % 2)
+        ref_idx, _ = reference.nearest(z.double(), cb.detach().double(), torch.arange(5) % 3, "l2")
+        assert torch.equal(res.indices, ref_idx)
+        assert len(norms._CACHE) == 2  # one entry per live codebook, the latest version
+    norms.clear_norm_cache()
