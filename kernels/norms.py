@@ -6,8 +6,10 @@ For each code c of a (M, T', K, D) codebook: ``sq = ||c||^2`` ("l2"), or ``sq = 
 An entry is keyed on the caller's tensor: storage address, offset, shape, strides, dtype and its
 autograd version counter (bumped by every in-place update, such as an optimizer step), and holds a
 weak reference to the storage, so a freed codebook never matches, even if the allocator gives its
-address to a new tensor. Entries of freed codebooks are dropped. Writes through ``.data`` bypass the
-version counter: call :func:`clear_norm_cache` after those.
+address to a new tensor. Entries of freed codebooks are dropped, and a new version of a codebook replaces
+its older versions' entries (a training loop holds one entry, not one per step). The norms are computed
+in chunks of CHUNK_ELEMENTS codebook elements, so half-precision books are never copied whole to fp32.
+Writes through ``.data`` bypass the version counter: call :func:`clear_norm_cache` after those.
 """
 from __future__ import annotations
 
