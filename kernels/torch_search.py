@@ -273,6 +273,36 @@ def exact_distances(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tens
     return out
 
 
+def _group_distances(x: torch.Tensor, xp: torch.Tensor, codebooks: torch.Tensor, g0: int, indices: torch.Tensor,
+                     metric: str, memory_budget: int, dtype: torch.dtype) -> torch.Tensor:
+    """Exact distances (g, B, T) of every image to codes indices[j] (g, B, T) of group g0 + j.
+
+    x: (B, T, D) raw, xp: the same prepared (compute dtype, normalised for "cosine"); codebooks:
+    (M, T', K, D). Several groups per step, gathered by one index_select on the flat books, while
+    their codes and temporaries fit a quarter of the budget; else group by group (exact_distances,
+    in chunks of images).
+    """
+    g, B, T = indices.shape
+    D = x.shape[-1]
+    Tp, K = codebooks.shape[1], codebooks.shape[2]
+    per_group = 3 * B * T * D * torch.empty((), dtype=dtype).element_size()  # codes, x - c, its square
+    try:
+        flat = codebooks.view(-1, D)
+    except RuntimeError:
+        flat = None
+    if flat is None or per_group > memory_budget // 4:
+        return torch.stack([exact_distances(x, codebooks[g0 + j:g0 + j + 1], None, indices[j], metric, memory_budget, dtype)
+                            for j in range(g)])
+    out = torch.empty(g, B, T, dtype=dtype, device=x.device)
+    base = (torch.arange(T, device=x.device) * K) if Tp > 1 else torch.zeros(T, dtype=torch.long, device=x.device)
+    for j0, j1 in _ranges(g, max(1, (memory_budget // 4) // per_group)):
+        offset = (torch.arange(g0 + j0, g0 + j1, device=x.device) * (Tp * K)).view(-1, 1, 1)
+        rows = indices[j0:j1] + base + offset  # (j, B, T) rows of the flat books
+        codes = flat.index_select(0, rows.reshape(-1)).view(j1 - j0, B, T, D).to(dtype)
+        out[j0:j1] = _distance(xp, codes, metric)
+    return out
+
+
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -452,12 +482,13 @@ def _pick_best_groups(chunks, B: int, T: int, M: int, dtype: torch.dtype, device
     for g0, i, d in chunks:
         e = d.sum(-1)  # (g, B)
         errors[:, g0:g0 + e.shape[0]] = e.T
-        for j in range(e.shape[0]):  # strict < keeps the lowest group on ties
-            better = e[j] < best_err
-            best_err = torch.where(better, e[j], best_err)
-            best_g = torch.where(better, torch.full_like(best_g, g0 + j), best_g)
-            best_i = torch.where(better[:, None], i[j], best_i)
-            best_d = torch.where(better[:, None], d[j], best_d)
+        err, j = e.min(0)  # the chunk's best group per image: the first minimum, so the lowest on ties
+        better = err < best_err  # strict: an earlier chunk (lower groups) keeps ties
+        pick = j.view(1, B, 1).expand(1, B, T)
+        best_err = torch.where(better, err, best_err)
+        best_g = torch.where(better, j + g0, best_g)
+        best_i = torch.where(better[:, None], i.gather(0, pick)[0], best_i)
+        best_d = torch.where(better[:, None], d.gather(0, pick)[0], best_d)
     return best_g, best_i, best_d, errors
 
 
@@ -485,8 +516,6 @@ def search_all_groups(x: torch.Tensor, codebooks: torch.Tensor, metric: str,
             for g0, g1 in _ranges(M, step):
                 norms = [n[g0:g1] if n.numel() else n for n in (sq, inv)]
                 i = _search_group_block(xp, codebooks[g0:g1], *norms, metric, memory_budget, ws)  # (g, B, T)
-                d = torch.stack([exact_distances(x, codebooks[g:g + 1], None, i[g - g0], metric, memory_budget, dtype)
-                                 for g in range(g0, g1)])
-                yield g0, i, d
+                yield g0, i, _group_distances(x, xp, codebooks, g0, i, metric, memory_budget, dtype)
 
         return _pick_best_groups(chunks(), B, T, M, dtype, x.device)
