@@ -211,12 +211,13 @@ def triton_fixed_groups(x: torch.Tensor, cb: torch.Tensor, groups: torch.Tensor 
 
 def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_budget: int):
     """Triton twin of torch_search.search_all_groups: (groups, indices, distances, group_errors)."""
-    from .torch_search import _pick_best_groups
+    from .torch_search import _group_distances, _pick_best_groups
 
     B, T, D = x.shape
     M, Tp, K, _ = cb.shape
     xp, cbk = _kernel_inputs(x, cb, metric)
     xf = x.float()
+    xfp = _prepare(xf, metric)  # the exact-distance pass's tokens (fp32, normalised for cosine)
     xt = (xp.reshape(1, B * T, D) if Tp == 1 else xp.transpose(0, 1)).contiguous()
     cbk = cbk.contiguous()
     norms = _norms(cb, metric)
@@ -227,9 +228,7 @@ def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_bud
             g1 = min(M, g0 + step)
             _, idx = _launch(xt, cbk, norms, None, metric, g0, g1 - g0)
             idx = idx.reshape(g1 - g0, B, T) if Tp == 1 else idx.transpose(1, 2)
-            dist = torch.stack([exact_distances(xf, cb[g:g + 1], None, idx[g - g0], metric, memory_budget)
-                                for g in range(g0, g1)])
-            yield g0, idx, dist
+            yield g0, idx, _group_distances(xf, xfp, cb, g0, idx, metric, memory_budget, torch.float32)
 
     return _pick_best_groups(chunks(), B, T, M, torch.float32, x.device)
 
