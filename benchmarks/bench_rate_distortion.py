@@ -315,16 +315,11 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
     from tqdm.auto import tqdm
 
     from vqswitch.adapters import adapter_for, encode_latents
-    from vqswitch.demo import build_tokenizer, check_seed, evaluate_baseline, split_faces, train_baseline
+    from vqswitch.demo import build_tokenizer, check_seed, evaluate_baseline, pick_config, split_faces, train_baseline
     from vqswitch.metrics import psnr, ssim
 
     seed = check_seed(seed)
-    if not isinstance(quick, bool):
-        raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
-    if config is None:
-        config = QUICK if quick else FULL
-    if not isinstance(config, RDConfig):
-        raise TypeError(f"config must be an RDConfig, got {type(config).__name__}")
+    config = pick_config(quick, config, RDConfig, QUICK, FULL)
     settings = settings_for(config)
     cfg = config.tokenizer
     start = time.perf_counter()
@@ -651,9 +646,10 @@ def _int_list(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
+    """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
+    from vqswitch.cli import parse_args
     from vqswitch.demo import seed_arg
 
-    """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers are not meaningful")
     p.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
@@ -673,10 +669,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed-repeats", type=int, default=None,
                    help="re-runs of the middle baseline with other fine-tuning seeds (default: 2; 0 = none)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
+    args = parse_args(p, argv)
+    if isinstance(args, int):  # argparse printed usage and the error (or the help)
+        return args
     config = QUICK if args.quick else FULL
     overrides = {k: getattr(args, k) for k in ("baseline_k", "stscq_m", "stscq_k", "shared_m", "baseline_stage1",
                                              "seed_repeats")

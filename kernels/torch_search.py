@@ -238,6 +238,26 @@ def _distance(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
     return (x - _prepare(c, metric)).square().sum(-1)
 
 
+def _codes_at(codebooks: torch.Tensor, groups: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor:
+    """codebooks[groups, t, indices[..., t]]: the chosen codes (..., T, D) of ``indices`` (..., T) int64.
+
+    codebooks: (M, T', K, D); groups: int64 broadcastable against ``indices`` (e.g. (B, 1) for one
+    group per image, (g, 1, 1) for one per block), or None for group 0. One index_select on the books
+    viewed as (M*T'*K, D) rows, (g*T' + t)*K + k, when they flatten without a copy; else advanced indexing.
+    """
+    T = indices.shape[-1]
+    M, Tp, K, D = codebooks.shape
+    tok = torch.arange(T, device=indices.device) if Tp > 1 else torch.zeros(T, dtype=torch.long, device=indices.device)
+    try:
+        flat = codebooks.view(-1, D)
+    except RuntimeError:  # strided books (an expanded or sliced view)
+        return codebooks[0 if groups is None else groups, tok, indices]
+    rows = indices + tok * K if Tp > 1 else indices
+    if groups is not None:
+        rows = rows + groups * (Tp * K)
+    return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, D)
+
+
 def exact_distances(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, indices: torch.Tensor,
                     metric: str, memory_budget: int = DEFAULT_MEMORY_BUDGET, dtype: torch.dtype | None = None
                     ) -> torch.Tensor:
@@ -251,24 +271,9 @@ def exact_distances(x: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tens
     B, T, D = x.shape
     dtype = dtype or x.dtype
     out = torch.empty(B, T, dtype=dtype, device=x.device)
-    Tp, K = codebooks.shape[1], codebooks.shape[2]
-    # row of code (g, t, k) in the (M*T'*K, D) view of the books: (g*T' + t)*K + k
-    base = (torch.arange(T, device=x.device) * K)[None, :] if Tp > 1 else None
-    try:
-        flat = codebooks.view(-1, D)  # no copy for contiguous books
-    except RuntimeError:
-        flat = None
     step = max(1, (memory_budget // 4) // max(1, 4 * T * D * out.element_size()))  # x, codes, x - c, its square
     for b0, b1 in _ranges(B, step):
-        idx = indices[b0:b1]
-        if flat is not None:
-            rows = idx if base is None else idx + base
-            if groups is not None:
-                rows = rows + (groups[b0:b1, None] * (Tp * K))
-            codes = flat.index_select(0, rows.reshape(-1)).view(b1 - b0, T, D)
-        else:  # strided books: advanced indexing
-            g = groups[b0:b1, None] if groups is not None else 0
-            codes = codebooks[g, torch.arange(T, device=x.device)[None] if Tp > 1 else 0, idx]
+        codes = _codes_at(codebooks, None if groups is None else groups[b0:b1, None], indices[b0:b1])
         out[b0:b1] = _distance(_prepare(x[b0:b1].to(dtype), metric), codes.to(dtype), metric)
     return out
 
@@ -278,28 +283,18 @@ def _group_distances(x: torch.Tensor, xp: torch.Tensor, codebooks: torch.Tensor,
     """Exact distances (g, B, T) of every image to codes indices[j] (g, B, T) of group g0 + j.
 
     x: (B, T, D) raw, xp: the same prepared (compute dtype, normalised for "cosine"); codebooks:
-    (M, T', K, D). Several groups per step, gathered by one index_select on the flat books, while
-    their codes and temporaries fit a quarter of the budget; else group by group (exact_distances,
-    in chunks of images).
+    (M, T', K, D). Several groups per step, gathered at once (_codes_at), while their codes and
+    temporaries fit a quarter of the budget; else group by group (exact_distances, in chunks of images).
     """
     g, B, T = indices.shape
-    D = x.shape[-1]
-    Tp, K = codebooks.shape[1], codebooks.shape[2]
-    per_group = 3 * B * T * D * torch.empty((), dtype=dtype).element_size()  # codes, x - c, its square
-    try:
-        flat = codebooks.view(-1, D)
-    except RuntimeError:
-        flat = None
-    if flat is None or per_group > memory_budget // 4:
+    per_group = 3 * B * T * x.shape[-1] * torch.empty((), dtype=dtype).element_size()  # codes, x - c, its square
+    if per_group > memory_budget // 4:
         return torch.stack([exact_distances(x, codebooks[g0 + j:g0 + j + 1], None, indices[j], metric, memory_budget, dtype)
                             for j in range(g)])
     out = torch.empty(g, B, T, dtype=dtype, device=x.device)
-    base = (torch.arange(T, device=x.device) * K) if Tp > 1 else torch.zeros(T, dtype=torch.long, device=x.device)
     for j0, j1 in _ranges(g, max(1, (memory_budget // 4) // per_group)):
-        offset = (torch.arange(g0 + j0, g0 + j1, device=x.device) * (Tp * K)).view(-1, 1, 1)
-        rows = indices[j0:j1] + base + offset  # (j, B, T) rows of the flat books
-        codes = flat.index_select(0, rows.reshape(-1)).view(j1 - j0, B, T, D).to(dtype)
-        out[j0:j1] = _distance(xp, codes, metric)
+        ids = torch.arange(g0 + j0, g0 + j1, device=x.device).view(-1, 1, 1)
+        out[j0:j1] = _distance(xp, _codes_at(codebooks, ids, indices[j0:j1]).to(dtype), metric)
     return out
 
 

@@ -12,19 +12,16 @@ METRICS = ["l2", "cosine", "dot"]
 
 
 @st.composite
-def problems(draw):
-    B = draw(st.integers(1, 5))
-    T = draw(st.integers(1, 6))
-    K = draw(st.integers(1, 40))
-    D = draw(st.integers(1, 9))
-    M = draw(st.integers(1, 4))
+def problems(draw, max_b=5, max_t=6, max_k=40, max_d=9, max_m=4, dtypes=(torch.float32,)):
+    """(z (B, T, D), codebooks (M, T' in {1, T}, K, D), groups (B,)) of random sizes up to the maxima."""
+    B, T = draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
+    K, D, M = draw(st.integers(1, max_k)), draw(st.integers(1, max_d)), draw(st.integers(1, max_m))
     shared = draw(st.booleans())
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, T, D, generator=g)
-    cb = torch.randn(M, 1 if shared else T, K, D, generator=g)
-    groups = torch.randint(0, M, (B,), generator=g)
-    return z, cb, groups
+    dtype = draw(st.sampled_from(dtypes))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    z = torch.randn(B, T, D, generator=g, dtype=dtype)
+    cb = torch.randn(M, 1 if shared else T, K, D, generator=g, dtype=dtype)
+    return z, cb, torch.randint(0, M, (B,), generator=g)
 
 
 def _near_tie_free(z, cb, groups, metric, idx):
@@ -140,16 +137,13 @@ class _RecordingWorkspace(torch_search.Workspace):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 300), st.integers(1, 24), st.integers(1, 6),
-       st.booleans(), st.sampled_from(METRICS), st.sampled_from(["auto", "bucket", "gather"]),
-       st.sampled_from([torch.float32, torch.float64]), st.integers(12, 16))
-def test_workspace_stays_within_a_quarter_of_the_budget(B, T, K, D, M, shared, metric, path, dtype, log_budget):
+@given(problems(max_b=40, max_t=9, max_k=300, max_d=24, max_m=6, dtypes=(torch.float32, torch.float64)),
+       st.sampled_from(METRICS), st.sampled_from(["auto", "bucket", "gather"]), st.integers(12, 16))
+def test_workspace_stays_within_a_quarter_of_the_budget(problem, metric, path, log_budget):
     """The scratch buffers every tile reuses (Workspace) never outgrow their share of the budget."""
     budget = 2**log_budget
-    g = torch.Generator().manual_seed(B * 1000 + K)
-    z = torch.randn(B, T, D, generator=g, dtype=dtype)
-    cb = torch.randn(M, 1 if shared else T, K, D, generator=g, dtype=dtype)
-    groups = torch.randint(0, M, (B,), generator=g)
+    z, cb, groups = problem
+    B = z.shape[0]
     real = torch_search.Workspace
     torch_search.Workspace, _RecordingWorkspace.peak = _RecordingWorkspace, 0
     try:
@@ -260,19 +254,9 @@ def test_finite_check_stays_within_budget_measured():
 
 # --- the gather path of fixed-group search (many groups, few images each) ---
 
-@st.composite
-def many_group_problems(draw):
-    B = draw(st.integers(1, 9))
-    T = draw(st.integers(1, 5))
-    K = draw(st.integers(1, 30))
-    D = draw(st.integers(1, 8))
-    M = draw(st.integers(1, 12))
-    shared = draw(st.booleans())
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    z = torch.randn(B, T, D, generator=g, dtype=dtype)
-    cb = torch.randn(M, 1 if shared else T, K, D, generator=g, dtype=dtype)
-    return z, cb, torch.randint(0, M, (B,), generator=g)
+def many_group_problems():
+    """Up to 12 groups for up to 9 images: many groups hold one image or none; fp32 and fp64."""
+    return problems(max_b=9, max_t=5, max_k=30, max_d=8, max_m=12, dtypes=(torch.float32, torch.float64))
 
 
 @settings(max_examples=60, deadline=None)

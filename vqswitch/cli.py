@@ -30,6 +30,15 @@ from vqswitch import bits as _bits
 
 __all__ = ["main", "PAPER_CONFIGS"]
 
+def parse_args(parser: argparse.ArgumentParser, argv):
+    """``parser.parse_args(argv)``, or the exit code argparse chose (2 for bad arguments, 0 for --help)
+    after printing its usage or help: for entry points that return codes instead of exiting."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+
+
 # (tokenizer, T, ((K, M), ...)) of the paper's bit-budget table; the numbers are computed, never typed.
 PAPER_CONFIGS = (
     ("TiTok-S", 128, ((4096, 1), (1024, 16), (256, 256))),

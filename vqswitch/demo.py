@@ -45,7 +45,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped", "seed_arg",
+from vqswitch.cli import parse_args
+
+__all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped", "pick_config", "seed_arg",
            "split_faces", "build_tokenizer", "check_seed",
            "format_table", "add_arguments", "main"]
 
@@ -114,6 +116,18 @@ def check_seed(seed) -> int:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     return seed
+
+
+def pick_config(quick, config, config_type: type, quick_config, full_config):
+    """``config`` when given (it must be a ``config_type``), else ``quick_config`` or ``full_config``
+    by ``quick`` (a bool); TypeError otherwise. Shared by the demo and the rate-distortion benchmark."""
+    if not isinstance(quick, bool):
+        raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
+    if config is None:
+        config = quick_config if quick else full_config
+    if not isinstance(config, config_type):
+        raise TypeError(f"config must be of type {config_type.__name__}, got {type(config).__name__}")
+    return config
 
 
 def _batches(n: int, batch_size: int):
@@ -300,13 +314,7 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 
     seed = check_seed(seed)
-    if not isinstance(quick, bool):
-        raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
-    if config is None:
-        config = QUICK if quick else FULL
-    if not isinstance(config, DemoConfig):
-        raise TypeError(f"config must be a DemoConfig, got {type(config).__name__}")
-    cfg = config
+    cfg = config = pick_config(quick, config, DemoConfig, QUICK, FULL)
     if cfg.codebook_size > cfg.codebook_size0:
         raise ValueError(f"codebook_size K={cfg.codebook_size} must be <= codebook_size0 K0={cfg.codebook_size0}")
     out = Path(out_dir)
@@ -411,10 +419,9 @@ def main(argv=None) -> int:
     parser = add_arguments(argparse.ArgumentParser(
         prog="vqswitch demo", description="Train a small VQ tokenizer on procedural faces, swap in STSCQ, "
         "fine-tune it in three stages and compare bits, PSNR and SSIM."))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse already printed usage and the error (or the help)
-        return e.code if isinstance(e.code, int) else 2
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # argparse printed usage and the error (or the help)
+        return args
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"vqswitch demo: error: --out {str(out)!r} exists and is not a folder", file=sys.stderr)

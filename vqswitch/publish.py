@@ -40,6 +40,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from vqswitch.cli import parse_args
+
 __all__ = ["build_model_card", "prepare_upload", "push", "add_arguments", "cmd_push", "main",
            "PUBLISH_FILES", "TAGS"]
 
@@ -670,10 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = add_arguments(argparse.ArgumentParser(
         prog="vqswitch push", description="Publish a fine-tuned swapped model (weights, configs, entropy model "
         "and a model card) on the Hugging Face Hub."))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse already printed usage and the error (or the help)
-        return e.code if isinstance(e.code, int) else 2
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # argparse printed usage and the error (or the help)
+        return args
     return cmd_push(args)
 
 
