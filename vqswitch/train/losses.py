@@ -517,11 +517,7 @@ def identity_loss(model_or_name, *, pixel_range=(0, 1), **kw) -> FeatureSimilari
     Raises:
         TypeError / ValueError / OSError as :class:`TransformersFeatures` and :class:`FeatureSimilarityLoss`.
     """
-    kw = dict(kw)
-    if _wraps(model_or_name):
-        kw["pixel_range"] = pixel_range
-    extractor = _extractor(model_or_name, "pooler", kw)
-    return FeatureSimilarityLoss(extractor, pixel_range=pixel_range, kind="cosine")
+    return _feature_loss(model_or_name, "pooler", "cosine", pixel_range, kw)
 
 
 def perceptual_loss(model_or_name, *, pixel_range=(0, 1), **kw) -> FeatureSimilarityLoss:
@@ -542,11 +538,15 @@ def perceptual_loss(model_or_name, *, pixel_range=(0, 1), **kw) -> FeatureSimila
     Raises:
         TypeError / ValueError / OSError as :class:`TransformersFeatures` and :class:`FeatureSimilarityLoss`.
     """
+    return _feature_loss(model_or_name, "last_hidden", "l2", pixel_range, kw)
+
+
+def _feature_loss(model_or_name, layer: str, kind: str, pixel_range, kw: dict) -> FeatureSimilarityLoss:
+    """identity_loss / perceptual_loss: the extractor (``layer`` by default when wrapping a model) and the loss."""
     kw = dict(kw)
     if _wraps(model_or_name):
         kw["pixel_range"] = pixel_range
-    extractor = _extractor(model_or_name, "last_hidden", kw)
-    return FeatureSimilarityLoss(extractor, pixel_range=pixel_range, kind="l2")
+    return FeatureSimilarityLoss(_extractor(model_or_name, layer, kw), pixel_range=pixel_range, kind=kind)
 
 
 def _wraps(model_or_name) -> bool:
