@@ -185,6 +185,24 @@ class Adapter:
     def is_swapped(self, model: nn.Module) -> bool:
         return isinstance(getattr(model, "quantize", None), self.shim_class)
 
+    # ---- where the quantizer sits (hooks: ``model.quantize`` for the built-in families; the generic
+    # adapter of :mod:`vqswitch.adapters.generic` puts it at a user-given attribute path)
+    def quantize_module(self, model: nn.Module) -> nn.Module:
+        """The module that quantizes: the upstream quantizer, or the shim after a swap."""
+        return model.quantize
+
+    def set_quantize_module(self, model: nn.Module, module: nn.Module) -> None:
+        """Put ``module`` (a shim) where the model's quantizer sits."""
+        model.quantize = module
+
+    def shim_from_settings(self, quantizer: SwitchableTokenQuantizer, settings: dict) -> QuantizerShim:
+        """A shim running ``quantizer`` with the settings a saved config recorded (:meth:`shim_settings`)."""
+        return self.shim_class(quantizer, **settings)
+
+    def check_base(self, model: nn.Module, base_config: dict) -> None:
+        """Raise ValueError when a model given to ``load_swapped(model=...)`` does not fit ``base_config``
+        (the built-in families leave this to the strict state-dict load)."""
+
     def check_upstream_quantizer(self, model: nn.Module) -> None:
         """Raise ValueError when ``model.quantize`` is neither upstream's kind of quantizer nor a shim."""
         raise NotImplementedError
@@ -319,11 +337,18 @@ class GridAdapter(Adapter):
 _REGISTRY: dict[str, Adapter] = {}
 
 
-def register(adapter: Adapter) -> Adapter:
-    """Add an adapter instance to the registry (by its ``name``); returns it."""
+def register(adapter: Adapter, *, first: bool = False) -> Adapter:
+    """Add an adapter instance to the registry (by its ``name``); returns it. ``first`` puts it ahead of
+    the others in :func:`adapter_for`'s search (a user's explicit description of a class wins over duck typing)."""
     if not adapter.name:
         raise ValueError("an adapter needs a non-empty name")
-    _REGISTRY[adapter.name] = adapter
+    if first:
+        rest = {k: v for k, v in _REGISTRY.items() if k != adapter.name}
+        _REGISTRY.clear()
+        _REGISTRY[adapter.name] = adapter
+        _REGISTRY.update(rest)
+    else:
+        _REGISTRY[adapter.name] = adapter
     return adapter
 
 
