@@ -931,12 +931,12 @@ def draw_pairs(labels, num_pairs: int, folds: int = 10, seed: int = 0) -> tuple[
         raise ValueError(f"labels admit only {diff_total} distinct different-identity pairs ({len(ids)} identities), "
                          f"fewer than num_pairs / 2 = {half}")
     r = _rng(seed, 0x9A)
-    weights = (counts * (counts - 1) / 2) / same_total
+    cum_same = np.cumsum(counts * (counts - 1) // 2)  # identity g is drawn with weight C(counts[g], 2)
     group_of = np.empty(n, dtype=np.int64)
     group_of[order] = np.repeat(np.arange(len(ids)), counts)
 
     def draw_same():
-        g = int(r.choice(len(ids), p=weights))
+        g = int(np.searchsorted(cum_same, int(r.integers(same_total)), side="right"))
         a, b = r.choice(int(counts[g]), size=2, replace=False)
         return int(order[starts[g] + a]), int(order[starts[g] + b])
 
