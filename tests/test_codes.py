@@ -367,3 +367,75 @@ def test_failing_save_keeps_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == old_bytes
     assert Codes.load(path) == old
     assert sorted(os.listdir(tmp_path)) == ["codes.vqsc"]
+
+
+# ---------------------------------------------------------------- hostile streams: bounded memory and time (issue 15)
+
+
+def _bounded(fn, *, max_bytes: int, max_seconds: float):
+    """Run ``fn()``; return what it returned or raised, asserting its Python/numpy allocation peak and time."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as err:  # noqa: BLE001 - returned for the caller to check
+        out = err
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - t0
+    assert peak <= max_bytes, f"peak {peak} bytes > {max_bytes}"
+    assert elapsed <= max_seconds, f"took {elapsed:.2f} s > {max_seconds}"
+    return out
+
+
+@pytest.mark.parametrize("t,k,m,n,payload", [
+    (1, 1, 1, 10**8, b""),  # 0 bits per image: 25 bytes claiming 10**8 images
+    (1, 1, 1, 2**32 - 1, b""),  # was a numpy MemoryError
+    (2**32 - 1, 1, 2, 8, b"\x00"),  # 1 bit per image but 2**32 - 1 free tokens each
+    (2**20, 1, 1, 2, b""),
+])
+def test_a_tiny_stream_cannot_claim_many_zero_bit_values(t, k, m, n, payload):
+    data = stream(t, k, m, n, payload)
+    err = _bounded(lambda: Codes.from_bytes(data), max_bytes=2**20, max_seconds=2.0)
+    assert isinstance(err, ValueError) and not isinstance(err, MemoryError), err
+    assert "N*T" in str(err) and str(n) in str(err)
+
+
+def test_zero_bit_streams_up_to_the_limit_round_trip_and_to_bytes_refuses_beyond():
+    from vqswitch.codes import MAX_ZERO_BIT_VALUES
+
+    c = Codes(torch.zeros(4, dtype=torch.long), torch.zeros(4, MAX_ZERO_BIT_VALUES // 4, dtype=torch.long), 1, 1)
+    assert Codes.from_bytes(c.to_bytes()) == c
+    n = MAX_ZERO_BIT_VALUES + 1  # stride-0 tensors: no memory
+    big = Codes(torch.zeros(1).long().expand(n), torch.zeros(1, 1).long().expand(n, 1), 1, 1)
+    with pytest.raises(ValueError, match="N\\*T"):
+        big.to_bytes()
+
+
+def test_decoding_a_valid_stream_allocates_about_its_output():
+    c = make(b=400, t=256, k=1024, m=16, seed=3)  # ~128 KB stream, 0.8 MB of int64 output
+    data = c.to_bytes()
+    out = _bounded(lambda: Codes.from_bytes(data), max_bytes=2 * 8 * 400 * 257 + 4 * 2**20, max_seconds=5.0)
+    assert out == c
+
+
+def test_constructor_names_a_missing_or_non_numeric_argument():
+    with pytest.raises(TypeError, match="indices must be .*got NoneType"):
+        Codes(torch.tensor([0]), None, 4, 2)
+    with pytest.raises(TypeError, match="groups must be .*got str"):
+        Codes("abc", torch.tensor([[1]]), 4, 2)
+    with pytest.raises(TypeError, match="groups must be .*got bytes"):
+        Codes(b"ab", torch.tensor([[1]]), 4, 2)
+    with pytest.raises(TypeError, match="indices must be .*"):
+        Codes(torch.tensor([0]), [[object()]], 4, 2)
+
+
+@pytest.mark.parametrize("indices", [np.array([[2**63 + 5]], dtype=np.uint64), [[2**63 + 5]]])
+def test_a_value_beyond_int64_is_quoted_as_it_is(indices):
+    with pytest.raises(ValueError, match=r"indices .*9223372036854775813") as info:
+        Codes(torch.tensor([0]), indices, 4, 2)
+    assert "-9223372036854775803" not in str(info.value)

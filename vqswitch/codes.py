@@ -21,6 +21,12 @@ group index in ``index_bits(M)`` bits, then its T token indices in ``index_bits(
 each -- exactly ``bits_per_image(T, K, M)`` bits per image, no per-image padding -- and
 zero bits at the end up to a whole byte. So a stream is
 ``HEADER_SIZE + ceil(N * bits_per_image(T, K, M) / 8)`` bytes long.
+
+Limit: a stream holds at most ``max(8 * payload bytes, MAX_ZERO_BIT_VALUES)`` token values (N*T). With K >= 2
+every token costs at least one bit, so every such stream is within it; the limit only bites when K == 1 (tokens
+cost 0 bits), where the length no longer bounds N*T: without it a 25-byte header could make the reader allocate
+N*T int64 values. :meth:`Codes.to_bytes` refuses to write what :meth:`Codes.from_bytes` would refuse to read.
+Decoding works through the payload in chunks, so its memory is the int64 output plus a few MiB.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ import torch
 from .atomic import atomic_write_bytes
 from .bits import bits_per_image, index_bits
 
-__all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "pack_payload", "unpack_payload"]
+__all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_ZERO_BIT_VALUES", "check_value_count",
+           "pack_payload", "unpack_payload"]
 
 MAGIC = b"VQSC"
 FORMAT_VERSION = 1
@@ -43,10 +50,50 @@ _HEADER = struct.Struct("<4sB5I")
 _CRC_OFFSET = _HEADER.size - 4  # the CRC covers bytes [0, 21) then the payload
 HEADER_SIZE = _HEADER.size  # 25
 _U32_MAX = 2**32 - 1
+_I64_MAX = 2**63 - 1
+MAX_ZERO_BIT_VALUES = 2**20  # token values (N*T) a stream may hold beyond 8 per payload byte (only K == 1 needs it)
+_CHUNK_BITS = 2**19  # payload bits unpacked at a time (about 8 MiB of scratch)
+
+
+def check_value_count(count: int, num_tokens: int, payload_bytes: int, *, per_byte: int = 8) -> None:
+    """Raise ValueError unless ``count * num_tokens <= max(per_byte * payload_bytes, MAX_ZERO_BIT_VALUES)``.
+
+    The bound on how many int64 values (N*T) a payload of ``payload_bytes`` bytes may decode to, checked before
+    anything is allocated (see the module docstring; the entropy-coded container uses ``per_byte=64``).
+    """
+    limit = max(per_byte * payload_bytes, MAX_ZERO_BIT_VALUES)
+    if count * num_tokens > limit:
+        raise ValueError(f"N*T = {count}*{num_tokens} = {count * num_tokens} token values is more than a payload of "
+                         f"{payload_bytes} bytes may hold (at most max({per_byte} per byte, {MAX_ZERO_BIT_VALUES}) "
+                         f"= {limit}); it is corrupted or forged")
+
+
+def _beyond_int64(name: str, value) -> None:
+    """ValueError quoting the largest value, when ``value`` holds an integer above int64 (numpy uint64, a list)."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        return
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _I64_MAX:
+        raise ValueError(f"{name} must hold int64 values, got {int(arr.max())}")
+    if arr.dtype == object and arr.size:
+        big = [v for v in arr.reshape(-1).tolist() if isinstance(v, int) and not -_I64_MAX - 1 <= v <= _I64_MAX]
+        if big:
+            raise ValueError(f"{name} must hold int64 values, got {max(big, key=abs)}")
 
 
 def _as_int64(name: str, value) -> torch.Tensor:
-    t = torch.as_tensor(value)
+    if value is None or isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a tensor, array or nested list of integers, got {type(value).__name__}")
+    if not isinstance(value, torch.Tensor):
+        _beyond_int64(name, value)
+    elif value.dtype == getattr(torch, "uint64", None) and value.numel() and int(value.max()) > _I64_MAX:
+        raise ValueError(f"{name} must hold int64 values, got {int(value.max())}")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise TypeError(f"{name} must be a tensor, array or nested list of integers, got {type(value).__name__} "
+                        f"that torch cannot read ({err})") from None
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
     return t.to(torch.int64)
@@ -68,11 +115,14 @@ def _to_bits(values: np.ndarray, width: int) -> np.ndarray:
     return bits.astype(np.uint8).reshape(values.shape[0], values.shape[1] * width)
 
 
-def _from_bits(bits: np.ndarray, cols: int, width: int) -> np.ndarray:
-    """(N, cols * width) uint8 bit matrix -> (N, cols) uint64 values (inverse of _to_bits)."""
-    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
-    b = bits.reshape(bits.shape[0], cols, width).astype(np.uint64)
-    return (b << shifts).sum(axis=-1, dtype=np.uint64)
+def _from_bits(bits: np.ndarray, cols: int, width: int, out: np.ndarray) -> None:
+    """(N, cols * width) uint8 bit matrix -> ``out`` (N, cols) int64 values (inverse of _to_bits), one bit plane
+    at a time: no scratch beyond ``out`` (width <= 32, so the values fit int64)."""
+    b = bits.reshape(bits.shape[0], cols, width)
+    out[...] = 0
+    for j in range(width):
+        out <<= 1
+        out |= b[:, :, j]
 
 
 def pack_payload(groups: np.ndarray, indices: np.ndarray, codebook_size: int, num_groups: int) -> bytes:
@@ -90,19 +140,34 @@ def pack_payload(groups: np.ndarray, indices: np.ndarray, codebook_size: int, nu
 
 def unpack_payload(payload: bytes, count: int, num_tokens: int, codebook_size: int,
                    num_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`pack_payload` -> (groups (N,) uint64, indices (N, T) uint64), values unchecked.
+    """Inverse of :func:`pack_payload` -> (groups (N,) int64, indices (N, T) int64), values unchecked.
 
     ``payload`` must hold at least ``ceil(N * bits_per_image / 8)`` bytes (the caller checks the length).
-    Raises ValueError for nonzero padding bits after the last image.
+    Raises ValueError for more values than :func:`check_value_count` allows (before allocating anything) and for
+    nonzero padding bits after the last image. Works in chunks of about 2**19 payload bits: memory is the output
+    plus a few MiB.
     """
+    check_value_count(count, num_tokens, len(payload))
     bpi = bits_per_image(num_tokens, codebook_size, num_groups)
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-    if bits[count * bpi:].any():
+    gb, kb = index_bits(num_groups), index_bits(codebook_size)
+    total = count * bpi
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    tail = raw[total // 8:]  # the byte holding the last bits (if partial) and any bytes after it
+    if tail.size and ((int(tail[0]) & (0xFF >> (total % 8))) or tail[1:].any()):
         raise ValueError("nonzero padding bits after the fixed-length codes")
-    bits = bits[:count * bpi].reshape(count, bpi)
-    gb = index_bits(num_groups)
-    groups = _from_bits(bits[:, :gb], 1, gb)[:, 0]
-    indices = _from_bits(bits[:, gb:], num_tokens, index_bits(codebook_size))
+    groups = np.zeros(count, dtype=np.int64)
+    indices = np.zeros((count, num_tokens), dtype=np.int64)
+    if bpi == 0:
+        return groups, indices
+    step = 8 * max(1, _CHUNK_BITS // (8 * bpi))  # images per chunk: a multiple of 8 starts on a whole byte
+    for start in range(0, count, step):
+        n = min(step, count - start)
+        first = start * bpi // 8
+        bits = np.unpackbits(raw[first:first + (n * bpi + 7) // 8], count=n * bpi).reshape(n, bpi)
+        if gb:
+            _from_bits(bits[:, :gb], 1, gb, groups[start:start + n, None])
+        if kb:
+            _from_bits(bits[:, gb:], num_tokens, kb, indices[start:start + n])
     return groups, indices
 
 
@@ -213,12 +278,14 @@ class Codes:
     def to_bytes(self) -> bytes:
         """The fixed-length stream described in the module docstring.
 
-        Raises ``ValueError`` if T, K, M or B do not fit the header's u32 fields.
+        Raises ``ValueError`` if T, K, M or B do not fit the header's u32 fields, or (K == 1 only) for more
+        token values than a stream may hold (:func:`check_value_count`; :meth:`from_bytes` would refuse it).
         """
         t, k, m, n = self.num_tokens, self.codebook_size, self.num_groups, self.batch_size
         for name, v in (("num_tokens", t), ("codebook_size", k), ("num_groups", m), ("batch_size", n)):
             if v > _U32_MAX:
                 raise ValueError(f"{name}={v} does not fit the stream's u32 header field")
+        check_value_count(n, t, (n * self.bits_per_image + 7) // 8)
         payload = pack_payload(self.groups.cpu().numpy(), self.indices.cpu().numpy(), k, m)
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, t, k, m, n, 0)[:_CRC_OFFSET]
         crc = zlib.crc32(payload, zlib.crc32(head))
@@ -232,7 +299,8 @@ class Codes:
         ``num_tokens``/``codebook_size``/``num_groups``, when given, must match the header.
         Raises ``TypeError`` if ``data`` is not bytes/bytearray/memoryview, and ``ValueError``
         for: data shorter than the header, wrong magic, unsupported version, T/K/M of 0,
-        a payload of the wrong length (truncated or trailing bytes), CRC mismatch
+        a payload of the wrong length (truncated or trailing bytes), more token values N*T than the
+        payload may hold (the module docstring's limit; checked before allocating), CRC mismatch
         (corrupted), nonzero padding bits, decoded group >= M or index >= K, and a header
         that differs from the expected T/K/M.
         """
@@ -255,6 +323,10 @@ class Codes:
             what = "truncated" if len(data) < expected else "trailing bytes"
             raise ValueError(f"codes stream has wrong length ({what}): expected {expected} bytes "
                              f"for N={n} images, got {len(data)}")
+        try:
+            check_value_count(n, t, len(data) - HEADER_SIZE)
+        except ValueError as err:
+            raise ValueError(f"codes stream refused: {err}") from None
         payload = data[HEADER_SIZE:]
         if zlib.crc32(payload, zlib.crc32(data[:_CRC_OFFSET])) != crc:
             raise ValueError("codes stream corrupted: CRC32 mismatch")
@@ -270,7 +342,7 @@ class Codes:
             raise ValueError(f"decoded group index {int(groups.max())} >= num_groups M={m}")
         if indices.size and indices.max() >= k:
             raise ValueError(f"decoded token index {int(indices.max())} >= codebook_size K={k}")
-        return cls(torch.from_numpy(groups.astype(np.int64)), torch.from_numpy(indices.astype(np.int64)), k, m)
+        return cls(torch.from_numpy(groups), torch.from_numpy(indices), k, m)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_bytes` to ``path`` atomically (the old file survives a failure)."""
