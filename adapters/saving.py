@@ -31,6 +31,7 @@ from vqswitch.quantizer import SwitchableTokenQuantizer
 
 from .checkpoints import load_state_dict_strict
 from .contract import adapter_for, adapter_named, adapters
+from .generic import GENERIC_PREFIX, adapter_for_class
 from .swap import swapped_quantizer
 
 __all__ = ["save_swapped", "load_swapped", "load_pretrained", "detect_family", "FORMAT", "FORMAT_VERSION"]
@@ -79,7 +80,7 @@ def save_swapped(model: nn.Module, save_directory: str | os.PathLike, *, entropy
     save_id = uuid.uuid4().hex
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.name,
-        "base_config": adapter.base_config(model), "shim": model.quantize.settings(),
+        "base_config": adapter.base_config(model), "shim": adapter.quantize_module(model).settings(),
         "quantizer": quantizer.get_config(), "save_id": save_id,
     }
     text = json.dumps(config, indent=2, sort_keys=True)
@@ -109,14 +110,21 @@ def _swapped_files(dir_or_repo, revision, cache_dir) -> tuple[Path, Path]:
 
 
 def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
-                 map_location: str | torch.device = "cpu") -> nn.Module:
+                 map_location: str | torch.device = "cpu", model: nn.Module | type | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_swapped`, from a folder or a Hub repo id, exactly.
 
+    ``model``: None (the adapter builds the base model from the saved config; for a model described with
+    :func:`vqswitch.adapters.describe_model` the describing code must have run, and the class must build
+    without arguments or through its ``build=``), a model class described with ``describe_model``
+    (built the same way), or an instance (swapped or not) of the saved family: its weights are replaced
+    in place and it is returned.
     Returns the swapped model in eval mode on ``map_location``.
     Raises: FileNotFoundError for a folder without the two files; ValueError for a config that is
         not a vqswitch swapped-model config (or a newer format version), an unknown adapter, files
-        from two different saves, or weights that do not fit the config (naming the keys);
-        OSError (from huggingface_hub) for a repository that cannot be fetched or is not cached offline.
+        from two different saves, a ``model`` of another family or architecture than the saved one,
+        or weights that do not fit the config (naming the keys); TypeError for a ``model`` that is
+        neither a module nor a class; OSError (from huggingface_hub) for a repository that cannot be
+        fetched or is not cached offline.
     """
     config_file, weights_file = _swapped_files(dir_or_repo, revision, cache_dir)
     try:
@@ -132,18 +140,43 @@ def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None,
     for key in ("adapter", "base_config", "shim", "quantizer"):
         if key not in config:
             raise ValueError(f"{str(config_file)!r} lacks the entry {key!r}")
-    adapter = adapter_named(config["adapter"])
     with safetensors.safe_open(str(weights_file), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("save_id") != config.get("save_id"):
         raise ValueError(f"{str(config_file)!r} and {str(weights_file)!r} come from different saves (an interrupted "
                          "save_swapped?); save the model again")
-    model = adapter.build_base(config["base_config"])
+    adapter, model = _base_for(config, model)
     quantizer = SwitchableTokenQuantizer(**config["quantizer"])
-    model.quantize = adapter.shim_class(quantizer, **config["shim"])
+    adapter.set_quantize_module(model, adapter.shim_from_settings(quantizer, config["shim"]))
     state = safetensors.torch.load_file(str(weights_file), device="cpu")
     load_state_dict_strict(model, state, what=f"swapped checkpoint {str(weights_file)!r}")
     return model.to(map_location).eval()
+
+
+def _base_for(config: dict, model) -> tuple:
+    """(adapter, base model) for a saved config: built from it, or the caller's class or instance, checked against it."""
+    name = config["adapter"]
+    if model is None:
+        if name.startswith(GENERIC_PREFIX) and name not in adapters():
+            raise ValueError(f"this folder holds a model described by user code as {name[len(GENERIC_PREFIX):]!r} "
+                             f"(class {config['base_config'].get('class')!r}); run the code that describes it "
+                             "(vqswitch.adapters.describe_model) first, or pass model= its class or an instance")
+        adapter = adapter_named(name)
+        return adapter, adapter.build_base(config["base_config"])
+    if isinstance(model, type):
+        adapter = adapter_for_class(model)
+        if adapter.name != name:
+            raise ValueError(f"this folder holds a {name!r} model, but model= is {model.__qualname__}, described as "
+                             f"{adapter.name!r}")
+        return adapter, adapter.build_base(config["base_config"])
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be None, a model class or an nn.Module instance, got {type(model).__name__}")
+    adapter = adapter_for(model)
+    if adapter.name != name:
+        raise ValueError(f"this folder holds a {name!r} model, but model= is a {type(model).__name__} "
+                         f"({adapter.name!r})")
+    adapter.check_base(model, config["base_config"])
+    return adapter, model
 
 
 # Public repositories whose family their files alone do not tell (no config naming the class).

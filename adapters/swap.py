@@ -77,7 +77,8 @@ def quantizer_from_model(model: nn.Module, num_groups: int = 1, codebook_size: i
 
 def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None = None,
                    **quantizer_kwargs) -> nn.Module:
-    """Replace ``model.quantize`` in place with a shim running a SwitchableTokenQuantizer; returns model.
+    """Replace ``model.quantize`` (or, for a model described with :func:`vqswitch.adapters.describe_model`, the module
+    at its quantizer path) in place with a shim running a SwitchableTokenQuantizer; returns model.
 
     The shim keeps the upstream quantizer's call signature, return structure, index layout and
     dtype, loss formula (plus the router losses when M > 1) and ``get_codebook_entry``; indices
@@ -102,7 +103,7 @@ def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None 
     if not adapter.is_swapped(model):
         adapter.check_upstream_quantizer(model)
     shim = adapter.make_shim(model, quantizer)  # validates D, T and metric against the model
-    model.quantize = shim.to(_model_device(model)).train(model.training)  # a fresh module is in training mode
+    adapter.set_quantize_module(model, shim.to(_model_device(model)).train(model.training))  # a fresh module trains
     return model
 
 
@@ -112,7 +113,7 @@ def swapped_quantizer(model: nn.Module) -> SwitchableTokenQuantizer:
     if not adapter.is_swapped(model):
         raise ValueError(f"this {adapter.name} model has its upstream quantizer: call vqswitch.adapters.swap_quantizer "
                          "first")
-    return model.quantize.quantizer
+    return adapter.quantize_module(model).quantizer
 
 
 def encode_latents(model: nn.Module, images: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
