@@ -188,7 +188,7 @@ class Finetuner:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def quantizer(self):
-        return self.model.quantize.quantizer
+        return self.adapter.quantize_module(self.model).quantizer  # model.quantize, or a described model's path
 
     @property
     def is_main(self) -> bool:
@@ -268,7 +268,7 @@ class Finetuner:
         if not self.config.cache_latents:
             return None
         key = {"adapter": self.adapter.name, "num_items": len(self.data),
-               "fingerprint": float(sum(float(p.detach().double().sum()) for p in self.model.encoder.parameters()))}
+               "fingerprint": float(sum(float(p.detach().double().sum()) for p in getattr(self.model, "encoder", self.model).parameters()))}
         path = self.run_dir / "latents"
         if self.is_main:
             cache = LatentCache.build(path, self._encode, len(self.data), lambda idx: _images(self.data, idx),
