@@ -251,7 +251,7 @@ def _write_run_info(args, config, num_images: int) -> None:
 
 def cmd_finetune(args) -> int:
     """Load an upstream tokenizer, swap in a token-shared STSCQ quantizer, and run the three stages."""
-    from vqswitch.adapters import load_pretrained, save_swapped, swap_quantizer
+    from vqswitch.adapters import load_pretrained, save_swapped, swap_quantizer, swapped_quantizer
     from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig
 
     stages = _stages(args.stages)
@@ -277,7 +277,7 @@ def cmd_finetune(args) -> int:
         final = save_swapped(model, os.path.join(args.out, "final"))
     except (TypeError, ValueError, OSError) as e:
         raise CLIError(_one_line(e)) from None
-    q = model.quantize.quantizer
+    q = swapped_quantizer(model)
     summary = {"run_dir": args.out, "final": str(final), "bits_per_image": q.bits_per_image,
                "skipped_images": [str(p) for p, _ in folder.skipped]}
     print(json.dumps(summary, indent=2) if args.json else
@@ -290,7 +290,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from vqswitch import metrics
-    from vqswitch.adapters import adapter_for, decode_codes, encode_codes
+    from vqswitch.adapters import adapter_for, decode_codes, encode_codes, swapped_quantizer
 
     from vqswitch.codec import load_codec_model
     from vqswitch.codes import Codes
@@ -307,7 +307,7 @@ def cmd_eval(args) -> int:
             originals.append(x)
             codes.append(encode_codes(model, x))
             recons.append(decode_codes(model, codes[-1]).clamp(lo, hi))
-        q = model.quantize.quantizer
+        q = swapped_quantizer(model)
         result = metrics.evaluate(torch.cat(originals), torch.cat(recons), data_range=hi - lo,
                                   bits_per_image=q.bits_per_image, util=q.utilization())
         every = Codes.cat(codes).to("cpu")

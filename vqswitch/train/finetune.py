@@ -268,7 +268,8 @@ class Finetuner:
         if not self.config.cache_latents:
             return None
         key = {"adapter": self.adapter.name, "num_items": len(self.data),
-               "fingerprint": float(sum(float(p.detach().double().sum()) for p in getattr(self.model, "encoder", self.model).parameters()))}
+               "fingerprint": float(sum(float(p.detach().double().sum())
+                                        for p in getattr(self.model, "encoder", self.model).parameters()))}
         path = self.run_dir / "latents"
         if self.is_main:
             cache = LatentCache.build(path, self._encode, len(self.data), lambda idx: _images(self.data, idx),
