@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "global_mean", "gather_variable", "average_gradients", "broadcast_object"]
+__all__ = ["world_size", "rank", "global_mean", "global_ratio", "gather_variable", "average_gradients", "broadcast_object"]
 
 
 def world_size() -> int:
@@ -50,6 +50,28 @@ def global_mean(x: torch.Tensor, sync: bool = True) -> torch.Tensor:
 
     total = all_reduce(x.sum(dim=0))
     count = torch.tensor([float(x.shape[0])], device=x.device)
+    dist.all_reduce(count)
+    return total / count.clamp_min(1)
+
+
+def global_ratio(totals: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Batch means over every rank: (sum over ranks of ``totals``) / (sum over ranks of ``counts``).
+
+    totals: (n,) float, each a sum over this rank's share of the batch (differentiable);
+    counts: (n,) float, how many items each sum covers on this rank (no gradient).
+    Returns (n,) float, the same on every rank; an entry whose global count is 0 gives 0.
+    This is how every batch-mean loss is formed under DDP, so that ranks holding different numbers of
+    images (a batch of 5 split 3 + 2) weigh each image as one process does. The totals are all-reduced
+    with ``torch.distributed.nn``: each rank's gradient is ``world_size`` times that of its share, and
+    DDP's (or :func:`average_gradients`') averaging over ranks then gives exactly the gradient of the
+    global mean. One process: ``totals / counts``. Every rank must call it (a collective).
+    """
+    if world_size() == 1:
+        return totals / counts.clamp_min(1)
+    from torch.distributed.nn.functional import all_reduce
+
+    total = all_reduce(totals)
+    count = counts.detach().clone()
     dist.all_reduce(count)
     return total / count.clamp_min(1)
 

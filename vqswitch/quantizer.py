@@ -13,7 +13,9 @@ Gradients of :meth:`SwitchableTokenQuantizer.forward` (exactly these, nothing el
     router losses      -> router parameters only (features and errors are detached).
     indices, groups, group_errors, distances -> no gradient.
 For "cosine", both losses compare l2-normalised z and codes, and ``quantized`` holds the
-normalised code. Means are over all B*T*D elements.
+normalised code. Means are over all B*T*D elements; in training under DDP, over the global batch (every
+rank's images: sums divided by the global count, so ranks holding unequal shares of a batch weigh each
+image as one process does, and every rank must call forward, also with an empty share).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest
 from .atomic import atomic_directory
 from .codebooks import Utilization, add_code_counts, codebooks_from_latents, reduce_codebook, utilization
 from .codes import Codes
-from .distributed import gather_variable
+from .distributed import gather_variable, global_ratio, world_size
 from .router import Router, router_losses
 
 __all__ = ["SwitchableTokenQuantizer", "QuantizerOutput", "SELECTIONS"]
@@ -281,7 +283,8 @@ class SwitchableTokenQuantizer(
         z = self._check_z(z, finite=False)
         B = z.shape[0]
         selection = self.train_selection if self.training else self.inference_selection
-        probs = self.router(z.detach()) if self.router is not None and B else None
+        sync = self.training and world_size() > 1  # batch means over every rank's images (see router_losses)
+        probs = self.router(z.detach()) if self.router is not None and (B or sync) else None
         need_errors = self.training and self.router is not None and self.quality_weight > 0
         # No torch.no_grad() around the search: its inputs are detached and its ops have no autograd, and
         # an exception raised inside a no_grad block of a compiled graph would leave grad mode off.
@@ -296,13 +299,20 @@ class SwitchableTokenQuantizer(
         zq = F.normalize(z, dim=-1) if self.metric == "cosine" else z
         q = F.normalize(q, dim=-1) if self.metric == "cosine" else q
         zero = z.sum() * 0.0  # keeps empty batches differentiable
-        if B:
+        if sync:  # sums over the global batch / its global size: ranks may hold unequal shares of a batch
+            sums = torch.stack([(q.float() - zq.detach().float()).square().sum(),
+                                (zq.float() - q.detach().float()).square().sum()])
+            if not B:  # an empty share still gives the codebooks a (zero) gradient, as the other ranks' do
+                sums = sums + self.codebooks.sum() * 0.0
+            means = global_ratio(sums, sums.new_full((2,), float(B * z.shape[1] * z.shape[2])).detach())
+            codebook_loss, commitment_loss = means[0], means[1]
+        elif B:
             codebook_loss = F.mse_loss(q.float(), zq.detach().float())
             commitment_loss = F.mse_loss(zq.float(), q.detach().float())
         else:
             codebook_loss = commitment_loss = zero + self.codebooks.sum() * 0.0
         if probs is not None:
-            rl = router_losses(probs, errors)
+            rl = router_losses(probs, errors, sync=self.training)
         else:
             rl = {"balance": zero.float(), "decision": zero.float(), "quality": zero.float()}
         loss = (codebook_loss + self.commitment_weight * commitment_loss + self.balance_weight * rl["balance"]

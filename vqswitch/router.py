@@ -11,7 +11,7 @@ Architecture (:class:`Router`), from encoder features z (B, T, D) to probabiliti
     logits = W_out h / temperature,  p = softmax(logits)
 It costs D*H + T*H + H*M parameters (H = ``hidden_dim``, 256 by default), tiny next to the codebooks.
 
-Losses (:func:`router_losses`), all means over the batch, all with respect to router parameters
+Losses (:func:`router_losses`), all means over the batch (the global batch under DDP), all with respect to router parameters
 only (features and quantization errors are detached by the quantizer):
     L_ent = sum_i g_i log g_i,  g = mean_b p_b     balance: minimised by uniform group use over the
                                                    batch (under DDP, g is the mean over all ranks)
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import global_mean
+from .distributed import global_mean, global_ratio, world_size
 
 __all__ = ["Router", "router_losses"]
 
@@ -75,7 +75,10 @@ def router_losses(probs: torch.Tensor, group_errors: torch.Tensor | None = None,
     Args:
         probs: (B, M) float routing probabilities (rows sum to 1), with gradient.
         group_errors: (B, M) float per-group total quantization errors (detached), or None to skip L_qua.
-        sync: average the batch-mean probability over all DDP ranks (L_ent).
+        sync: under DDP, take every batch mean over all ranks' images (L_ent's mean probability, and
+            L_dec and L_qua as sums over the global batch divided by its global size), so that ranks
+            holding unequal shares of a batch give one process's losses and gradients. Every rank
+            must then call it, also with an empty share.
     Returns:
         {"balance": L_ent, "decision": L_dec, "quality": L_qua} scalar float32 tensors (L_qua is 0
         without group_errors).
@@ -83,15 +86,21 @@ def router_losses(probs: torch.Tensor, group_errors: torch.Tensor | None = None,
     p = probs.float()
     mean_p = global_mean(p, sync=sync)
     balance = (mean_p * (mean_p + eps).log()).sum()
-    decision = -(p * (p + eps).log()).sum(dim=-1).mean() if p.shape[0] else p.sum()
+    entropy = -(p * (p + eps).log()).sum(dim=-1)  # (B,)
     if group_errors is None or p.shape[0] == 0:
-        quality = p.sum() * 0
+        ce_sum, valid_count = p.sum() * 0, p.new_zeros(())
     else:
         e = group_errors.detach().float()
         margin = (e.mean(dim=-1, keepdim=True) - e).clamp_min(0)
         total = margin.sum(dim=-1, keepdim=True)
         valid = total.squeeze(-1) > 0
         q = margin / total.clamp_min(eps)
-        ce = -(q * (p + eps).log()).sum(dim=-1)
-        quality = (ce * valid).sum() / valid.sum().clamp_min(1)
+        ce_sum = (-(q * (p + eps).log()).sum(dim=-1) * valid).sum()
+        valid_count = valid.sum().float()
+    if sync and world_size() > 1:  # sums over the global batch / its global size (ranks may hold unequal shares)
+        means = global_ratio(torch.stack([entropy.sum(), ce_sum]),
+                             torch.stack([p.new_tensor(float(p.shape[0])), valid_count]))
+        return {"balance": balance, "decision": means[0], "quality": means[1]}
+    decision = entropy.mean() if p.shape[0] else p.sum()
+    quality = ce_sum / valid_count.clamp_min(1)
     return {"balance": balance, "decision": decision, "quality": quality}
