@@ -548,3 +548,69 @@ def test_auto_mode_writes_the_smaller_payload(cm, saved):
     assert codec.compress(misfit, x) == fixed
     with pytest.raises(ValueError, match="mode must be 'auto' or one of"):
         codec.compress(cm, x, mode="best")
+
+
+# ---------------------------------------------------------------- hostile sizes: bounded work (issue 15)
+
+
+def forge(mode: int, t: int, k: int, m: int, names: list[bytes], payload: bytes, identity=b"\0" * 32) -> bytes:
+    """A container with a valid CRC and whatever sizes it is given."""
+    body = struct.pack("<4sBB32s", b"VQSF", 1, mode, identity) + struct.pack("<HH", 0, 0)
+    body += struct.pack("<IHHIII", len(names), SIZE, SIZE, t, k, m)
+    body += b"".join(struct.pack("<H", len(x)) + x for x in names) + struct.pack("<Q", len(payload)) + payload
+    return restamp(body + b"\0\0\0\0")
+
+
+def _peak_and_seconds(fn):
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        fn()
+        err = None
+    except Exception as e:  # noqa: BLE001 - returned for the caller to check
+        err = e
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return err, peak, time.perf_counter() - t0
+
+
+def test_a_77_byte_fixed_container_cannot_claim_many_zero_bit_tokens():
+    from vqswitch import container
+
+    data = forge(0, 50_000_000, 1, 1, [b""], b"")  # K = M = 1: 0 bits per image, T = 5e7 free tokens
+    assert len(data) < 80
+    err, peak, seconds = _peak_and_seconds(lambda: container.unpack_fixed(*container.parse(data)))
+    assert isinstance(err, CodecError) and "N*T" in str(err), err
+    assert peak < 2**20 and seconds < 1.0
+
+
+def test_an_entropy_container_cannot_claim_many_images_for_almost_nothing(cm):
+    # every image costs a 2-byte empty name; before, all N*T symbols were decoded before the stream was refused
+    data = forge(1, 16, K, M, [b""] * 70_000, b"\0" * 8, identity=cm.identity)  # N*T > 2**20
+    err, peak, seconds = _peak_and_seconds(lambda: codec.decompress_codes(data, cm))
+    assert isinstance(err, CodecError) and "N*T" in str(err), err
+    assert peak < 8 * 2**20 and seconds < 3.0
+
+
+def test_entropy_decode_refuses_more_values_than_the_stream_may_hold(cm):
+    from vqswitch.entropy import MAX_VALUES_PER_BYTE
+
+    err, peak, seconds = _peak_and_seconds(lambda: cm.entropy.decode(b"\0" * 8, 2**20))
+    assert isinstance(err, codec.EntropyDecodeError) and "N*T" in str(err), err
+    assert peak < 2**20 and seconds < 1.0
+    assert MAX_VALUES_PER_BYTE * 8 < 2**20 * 16
+
+
+def test_too_compressible_codes_are_refused_by_the_entropy_encoder():
+    from vqswitch.entropy import EntropyDensityError
+
+    t = 1024  # one dominant code per token: each costs ~2**-24 bits, far below the format's bound
+    model = EntropyModel(torch.tensor([[[2**50] + [0] * 3]]), torch.tensor([1]), num_tokens=t)
+    n = 1025  # N*T just above MAX_ZERO_BIT_VALUES = 2**20
+    with pytest.raises(EntropyDensityError, match="N\\*T"):
+        model.encode(torch.zeros(n, dtype=torch.long), torch.zeros(n, t, dtype=torch.long))
+    small = model.encode(torch.zeros(2, dtype=torch.long), torch.zeros(2, t, dtype=torch.long))
+    assert model.decode(small, 2)[1].shape == (2, t)

@@ -354,7 +354,8 @@ def test_attributes_equality_and_immutability():
     assert len(prints) == len(variants) + 1
     assert all(v != model for v in variants) and variants[3] != variants[4]
     assert model != "not a model"
-    assert set(entropy.__all__) == {"EntropyModel", "EntropyDecodeError", "FILE_NAME"}
+    assert set(entropy.__all__) == {"EntropyModel", "EntropyDecodeError", "EntropyDensityError", "FILE_NAME",
+                                    "MAX_VALUES_PER_BYTE"}
     assert FILE_NAME == "entropy_model.safetensors"
 
 

@@ -39,7 +39,7 @@ from .codes import Codes
 from .container import (FORMAT_VERSION, MAGIC, MODES, U16, CodecError, ContainerHeader, build, pack_fixed, parse,
                         read_header, unpack_fixed)
 from .entropy import FILE_NAME as ENTROPY_FILE_NAME
-from .entropy import EntropyDecodeError, EntropyModel
+from .entropy import EntropyDecodeError, EntropyDensityError, EntropyModel
 
 __all__ = ["CodecError", "CodecModel", "ContainerHeader", "DecodedImages", "CompressReport", "load_codec_model",
            "model_identity", "compress", "decompress", "read_header", "compress_codes", "decompress_codes",
@@ -218,7 +218,7 @@ def _pick(mode_id: int, payloads: dict) -> int:
     """The mode written: ``mode_id``, or for "auto" the smaller payload (fixed on a tie: no model needed)."""
     if mode_id != AUTO:
         return mode_id
-    return 1 if len(payloads[1]) < len(payloads[0]) else 0
+    return 1 if 1 in payloads and len(payloads[1]) < len(payloads[0]) else 0
 
 
 def _label(item, i: int) -> str:
@@ -362,8 +362,8 @@ def _check_names(names, n: int, default: list[str]) -> list[str]:
 def _decode_payload(payload: bytes, header: ContainerHeader, cm: CodecModel) -> Codes:
     n, t, k, m = header.count, header.num_tokens, header.codebook_size, header.num_groups
     if header.mode == "fixed":
-        groups, indices = unpack_fixed(payload, header)
-        groups, indices = torch.from_numpy(groups.astype(np.int64)), torch.from_numpy(indices.astype(np.int64))
+        groups, indices = unpack_fixed(payload, header)  # int64 arrays
+        groups, indices = torch.from_numpy(groups), torch.from_numpy(indices)
     else:
         try:
             groups, indices = cm.entropy.decode(payload, n)
@@ -380,10 +380,19 @@ def _decode_payload(payload: bytes, header: ContainerHeader, cm: CodecModel) -> 
     return Codes(groups, indices, k, m)
 
 
-def _payload(cm: CodecModel, mode_id: int, codes: Codes) -> bytes:
-    if mode_id == 0:
-        return pack_fixed(codes)
-    return cm.entropy.encode(codes.groups, codes.indices)
+def _payloads(cm: CodecModel, mode_id: int, codes: Codes) -> dict:
+    """{mode id: payload} of the modes ``mode_id`` asks for (both for "auto"). In "auto", codes too predictable for
+    an entropy stream (:class:`~vqswitch.entropy.EntropyDensityError`) get the fixed payload only."""
+    out = {}
+    if mode_id in (AUTO, 0):
+        out[0] = pack_fixed(codes)
+    if mode_id in (AUTO, 1):
+        try:
+            out[1] = cm.entropy.encode(codes.groups, codes.indices)
+        except EntropyDensityError:
+            if mode_id == 1:
+                raise
+    return out
 
 
 def _check_round_trip(cm: CodecModel, data: bytes, codes: Codes) -> None:
@@ -420,7 +429,7 @@ def compress_codes(codec_model, codes: Codes, *, mode: str = "auto", names=None)
                          f"T,K,M={cm.num_tokens},{cm.codebook_size},{cm.num_groups}")
     codes = codes.to("cpu")
     names = _check_names(names, codes.batch_size, [f"{i:06d}" for i in range(codes.batch_size)])
-    payloads = {m: _payload(cm, m, codes) for m in ((0, 1) if mode_id == AUTO else (mode_id,))}
+    payloads = _payloads(cm, mode_id, codes)
     mode_id = _pick(mode_id, payloads)
     data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, names, payloads[mode_id])
     _check_round_trip(cm, data, codes)
@@ -436,6 +445,8 @@ def compress(codec_model, images, *, mode: str = "auto", names=None) -> bytes:
             PIL images / image file paths (RGB or greyscale; palette and fully opaque RGBA also work).
         mode: "entropy" (entropy-coded codes), "fixed" (``bits_per_image`` bits per image) or "auto" (default:
             the smaller of the two payloads, so a file never costs more than fixed-length codes).
+            "auto" stores fixed-length codes when they are too predictable for an entropy stream, where "entropy"
+            raises :class:`~vqswitch.entropy.EntropyDensityError` (a ValueError; see :mod:`vqswitch.entropy`).
         names: N str stored with the images (default: file stems, else "000000", "000001", ...).
     Returns: the container bytes. The codes stored are exactly ``encode_codes(model, images)``; the payload is
         decoded again and compared before returning.
@@ -533,7 +544,13 @@ def compress_files(paths, model, out_path, *, mode: str = "auto", revision: str 
     if len(source) == 0:
         raise ValueError("paths is empty: there are no images to compress")
     codes = _encode(cm, source, progress)
-    payloads = {0: pack_fixed(codes), 1: cm.entropy.encode(codes.groups, codes.indices)}
+    payloads = _payloads(cm, AUTO if mode_id == AUTO else mode_id, codes)
+    payloads.setdefault(0, pack_fixed(codes))  # the report gives both modes' costs
+    if 1 not in payloads:
+        try:
+            payloads[1] = cm.entropy.encode(codes.groups, codes.indices)
+        except EntropyDensityError:
+            pass
     mode_id = _pick(mode_id, payloads)
     data = build(mode_id, cm.identity, cm.source, cm.revision, cm.image_size, codes, source.names, payloads[mode_id])
     _check_round_trip(cm, data, codes)
@@ -541,7 +558,8 @@ def compress_files(paths, model, out_path, *, mode: str = "auto", revision: str 
     info = torch.as_tensor(cm.entropy.information_bits(codes.groups, codes.indices), dtype=torch.float64)
     n, (h, w) = codes.batch_size, cm.image_size
     return CompressReport(path=Path(out_path), mode=MODES[mode_id], count=n, height=h, width=w, total_bytes=len(data),
-                          fixed_bits_per_image=cm.bits_per_image, entropy_bits_per_image=8 * len(payloads[1]) / n,
+                          fixed_bits_per_image=cm.bits_per_image,
+                          entropy_bits_per_image=8 * len(payloads[1]) / n if 1 in payloads else float("nan"),
                           information_bits_per_image=float(info.sum()) / n, names=tuple(source.names))
 
 

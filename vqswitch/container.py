@@ -29,7 +29,10 @@ Payloads:
 * entropy (mode 1): the bytes of ``EntropyModel.encode(groups, indices)`` for the whole batch.
 
 A reader checks the magic, the CRC, the version and every length against the bytes actually present before it
-decodes anything (a header claiming four billion images allocates nothing), and every failure to read a container
+decodes anything (a header claiming four billion images allocates nothing). The payload also bounds the work: it
+may decode to at most ``max(8 * P, 2**20)`` token values N*T in fixed mode (only K == 1, 0-bit tokens, gets near
+it) and ``max(32 * P, 2**20)`` in entropy mode (``vqswitch.entropy.MAX_VALUES_PER_BYTE``), checked by
+:func:`parse` before any model is loaded or any code decoded. Every failure to read a container
 raises :class:`CodecError` (a ``ValueError``) saying what is wrong and what to do.
 """
 from __future__ import annotations
@@ -41,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bits import bits_per_image as _bits_per_image
-from .codes import Codes, pack_payload, unpack_payload
+from .codes import Codes, check_value_count, pack_payload, unpack_payload
+from .entropy import MAX_VALUES_PER_BYTE
 
 __all__ = ["CodecError", "ContainerHeader", "MAGIC", "FORMAT_VERSION", "MODES", "build", "parse", "read_header",
            "pack_fixed", "unpack_fixed"]
@@ -191,7 +195,8 @@ def _parse_fields(data: bytes) -> tuple[dict, int, int]:
 
 
 def parse(data) -> tuple[ContainerHeader, bytes]:
-    """Check and parse a whole container -> (header, payload bytes). Raises CodecError, TypeError for non-bytes."""
+    """Check and parse a whole container -> (header, payload bytes). Raises CodecError (also for more token values
+    N*T than the payload may hold, see the module docstring), TypeError for non-bytes."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -233,6 +238,10 @@ def parse(data) -> tuple[ContainerHeader, bytes]:
         bits = fields["count"] * bpi
     else:
         bits = 8 * size
+    try:
+        check_value_count(fields["count"], fields["num_tokens"], size, per_byte=8 if mode_id == 0 else MAX_VALUES_PER_BYTE)
+    except ValueError as err:
+        raise CodecError(f"the container is corrupted or forged: {err}") from None
     header = ContainerHeader(mode=MODES[mode_id], payload_bits=bits, total_bytes=len(data), **fields)
     return header, data[at:at + size]
 

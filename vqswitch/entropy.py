@@ -43,6 +43,12 @@ costs ~1 us per symbol once warm. Measured on 2 shared CPU cores: M=16, T=128, K
 + decode ~30 ms cold; M=1, T=256, K=8192: ~50 ms cold and ~26 MB beyond the count table. ``decode`` costs
 about twice ``encode`` (it re-encodes to check the stream).
 
+Work bound: a stream of P bytes holds at most ``max(MAX_VALUES_PER_BYTE * P, 2**20)`` token values (B*T;
+``vqswitch.codes.check_value_count``), so what a hostile stream can make :meth:`EntropyModel.decode` do is bounded
+by its length before anything is decoded or allocated. :meth:`EntropyModel.encode` raises
+:class:`EntropyDensityError` rather than write a stream beyond that bound (codes so predictable that they cost
+under 1/4 bit per token; the codec then stores fixed-length codes).
+
 Limits: K and M at most ``2**20`` (constriction's 24-bit models need room for every symbol); counts at
 most ``2**53`` (exact in float64); smoothing in [1e-12, 1e12] (so that every row sum stays a finite, normal
 float64 for the coder).
@@ -62,9 +68,9 @@ import torch
 
 from .atomic import atomic_write_bytes
 from .codebooks import add_code_counts
-from .codes import Codes
+from .codes import Codes, check_value_count
 
-__all__ = ["EntropyModel", "EntropyDecodeError", "FILE_NAME"]
+__all__ = ["EntropyModel", "EntropyDecodeError", "EntropyDensityError", "FILE_NAME", "MAX_VALUES_PER_BYTE"]
 
 FILE_NAME = "entropy_model.safetensors"
 FORMAT = "vqswitch-entropy"
@@ -74,10 +80,16 @@ MAX_COUNT = 2**53  # largest count (exact in float64)
 MIN_SMOOTHING, MAX_SMOOTHING = 1e-12, 1e12  # keeps every row's sum finite and normal for the coder
 _MODEL_CACHE_BYTES = 256 * 2**20  # per-EntropyModel cache of built constriction models (~4 bytes per code)
 _SAFETENSORS_MAX_HEADER = 100 * 2**20
+MAX_VALUES_PER_BYTE = 32  # token values a stream may hold per byte (beyond 2**20): bounds decoding work
 
 
 class EntropyDecodeError(ValueError):
     """The bytes given to :meth:`EntropyModel.decode` are not a valid stream for this model and batch size."""
+
+
+class EntropyDensityError(ValueError):
+    """:meth:`EntropyModel.encode`: the codes would take more than ``MAX_VALUES_PER_BYTE`` token values per stream
+    byte (beyond 2**20 values), which :meth:`EntropyModel.decode` refuses; store them at fixed length instead."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -380,17 +392,24 @@ class EntropyModel:
             indices: (B, T) integer torch tensor or numpy array, values in [0, K).
         Returns: bytes, a whole number of 32-bit little-endian words (``b""`` for B == 0).
         Raises: TypeError for non-integer inputs; ValueError naming the argument for wrong shapes or
-            out-of-range values.
+            out-of-range values; :class:`EntropyDensityError` (a ValueError) for a stream that would hold more
+            token values than the format allows per byte (the module docstring's work bound).
         """
         g, idx = _codes_arrays(groups, indices, self.num_groups, self.num_tokens, self.codebook_size)
-        return self._encode_arrays(g, idx)
+        data = self._encode_arrays(g, idx)
+        try:
+            check_value_count(g.shape[0], self.num_tokens, len(data), per_byte=MAX_VALUES_PER_BYTE)
+        except ValueError as err:
+            raise EntropyDensityError(f"these codes are too predictable for an entropy stream: {err}") from None
+        return data
 
     def decode(self, data, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode ``batch_size`` images from a stream written by :meth:`encode` with an equal model.
 
         Args:
             data: bytes, bytearray or memoryview.
-            batch_size: B, the number of images in the stream (int >= 0).
+            batch_size: B, the number of images in the stream (int >= 0); B*T may be at most
+                ``max(MAX_VALUES_PER_BYTE * len(data), 2**20)``, checked before decoding anything.
         Returns: (groups (B,) int64, indices (B, T) int64) CPU tensors.
         Raises: TypeError for data that is not bytes-like or a non-int batch_size, ValueError for a negative
             batch_size; EntropyDecodeError (a ValueError) for anything that is not exactly the stream of
@@ -406,6 +425,10 @@ class EntropyModel:
             raise EntropyDecodeError(f"cannot read the stream as bytes: {e}") from e
         if len(data) % 4:
             raise EntropyDecodeError(f"entropy stream length {len(data)} is not a whole number of 32-bit words")
+        try:
+            check_value_count(batch_size, self.num_tokens, len(data), per_byte=MAX_VALUES_PER_BYTE)
+        except ValueError as err:
+            raise EntropyDecodeError(f"entropy stream refused: {err}") from None
         try:
             groups, indices = self._decode_words(data, batch_size)
             canonical = self._encode_arrays(groups, indices)
