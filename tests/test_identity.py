@@ -1,6 +1,7 @@
 """Identity embeddings (dlib's real face model where the [faces] extra is installed) and the identity metrics."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,17 @@ def test_dlib_on_real_celeba_faces(dlib_embedder):
     same = (lab[:, None] == lab[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
     different = lab[:, None] != lab[None, :]
     assert float(d[same].mean()) < 0.6 < float(d[different].mean())  # dlib's own "same person" threshold
+
+
+def test_readme_faces_example_runs(dlib_embedder, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python faces\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "README lost its face-data example"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md (faces)", "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    ids, accuracy = re.search(r"IDS ([0-9.]+) .*verification ([0-9.]+)", out).groups()
+    assert 0.5 < float(ids) <= 1.0 and 0.0 <= float(accuracy) <= 1.0
 
 
 def test_embed_images_with_the_real_model_matches_one_call(dlib_embedder, cartoon_faces, cartoon_embeddings):
