@@ -50,3 +50,52 @@ def test_directory_replaces_files_and_keeps_others(tmp_path):
             raise RuntimeError("interrupted")
     assert (d / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_files_written_into_an_atomic_directory_get_ordinary_permissions(tmp_path):
+    import safetensors.torch
+    import torch
+
+    with atomic_directory(tmp_path / "model") as tmp:
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors makes 0600
+        (tmp / "config.json").write_text("{}")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "model").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~_umask(), modes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_a_killed_run_are_cleaned_on_the_next(tmp_path):
+    import socket
+
+    from vqswitch.atomic import temp_prefix
+
+    dead, alive = _dead_pid(), os.getpid()
+    stale_dir = tmp_path / f"{temp_prefix('out', dead)}abc.tmp"
+    stale_file = tmp_path / f"{temp_prefix('f.bin', dead)}xyz.tmp"
+    live_dir = tmp_path / f"{temp_prefix('out', alive)}def.tmp"  # a run still going: kept
+    other = tmp_path / ".out.someone-elses.tmp"  # not our naming: kept
+    for d in (stale_dir, live_dir, other):
+        d.mkdir()
+        (d / "half.png").write_bytes(b"x")
+    stale_file.write_bytes(b"half")
+    assert socket.gethostname()  # the prefix names this host
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a.png").write_bytes(b"png")
+    atomic_write_bytes(tmp_path / "f.bin", b"whole")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert live_dir.exists() and other.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]

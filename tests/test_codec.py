@@ -614,3 +614,33 @@ def test_too_compressible_codes_are_refused_by_the_entropy_encoder():
         model.encode(torch.zeros(n, dtype=torch.long), torch.zeros(n, t, dtype=torch.long))
     small = model.encode(torch.zeros(2, dtype=torch.long), torch.zeros(2, t, dtype=torch.long))
     assert model.decode(small, 2)[1].shape == (2, t)
+
+
+def test_a_dangling_symlink_in_the_output_folder_is_taken(cm, tmp_path):
+    src = tmp_path / "one.vqsf"
+    src.write_bytes(codec.compress(cm, images(1), names=["face"]))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "face.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(FileExistsError, match="face.png"):
+        codec.decompress_file(src, out, model=cm, progress=False)
+    assert (out / "face.png").is_symlink() and not (tmp_path / "nowhere.png").exists()
+    written = codec.decompress_file(src, out, model=cm, progress=False, overwrite=True)
+    assert not written[0].is_symlink() and written[0].stat().st_size > 0
+
+
+def test_decompress_file_removes_the_temporary_folder_a_killed_run_left(cm, tmp_path):
+    import subprocess
+    import sys
+
+    from vqswitch.atomic import temp_prefix
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is now a process that no longer runs, like a killed decompress
+    src = tmp_path / "one.vqsf"
+    src.write_bytes(codec.compress(cm, images(1), names=["face"]))
+    stale = tmp_path / f"{temp_prefix('out', proc.pid)}k1ll3d.tmp"
+    stale.mkdir()
+    (stale / "face.png").write_bytes(b"half a png")
+    codec.decompress_file(src, tmp_path / "out", model=cm, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.vqsf", "out"]

@@ -1,14 +1,23 @@
-"""Atomic file writes: a file a user saved is either the old one or the whole new one, never half."""
+"""Atomic file writes: a file a user saved is either the old one or the whole new one, never half.
+
+Temporaries are made beside their target, named ``.<target name>.vqswitch-<host>-<pid>-<random>.tmp``. A process
+killed mid-write leaves its temporary behind; the next atomic write to the same target removes those of its
+name whose process (on this host) no longer runs. A saved file gets the permissions ``open()`` would give a new
+file (``0o666`` less the umask), whatever wrote it (``mkstemp`` and safetensors make ``0o600``).
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_directory"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_directory", "temp_prefix"]
 
 
 def _default_mode() -> int:
@@ -18,20 +27,60 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def _host() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode('utf-8', 'replace')):08x}"
+
+
+def temp_prefix(name: str, pid: int | None = None) -> str:
+    """The name prefix of this process's (or ``pid``'s) temporaries for a target called ``name``."""
+    return f".{name}.vqswitch-{_host()}-{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or we cannot tell: keep its files
+        return True
+    return True
+
+
+def _clean_stale(parent: Path, name: str) -> None:
+    """Remove temporaries for ``name`` in ``parent`` left by dead processes of this host (best effort)."""
+    pattern = re.compile(re.escape(f".{name}.vqswitch-{_host()}-") + r"(\d+)-[^/]*\.tmp")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+    """Yield a temporary path beside ``path``; on success it is fsynced, given ``open()``'s permissions and
+    renamed onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. Stale temporaries of killed
+    writers to ``path`` are removed first (module docstring).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _clean_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a saved file gets what open() would give it
     try:
         yield tmp
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a saved file gets what open() would give it
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,20 +97,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success each file in it replaces its
-    namesake in ``path`` by an atomic rename (other files in ``path`` are kept).
+    namesake in ``path`` by an atomic rename (other files in ``path`` are kept), with the permissions
+    ``open()`` gives a new file (whatever wrote it: safetensors makes 0600).
 
-    Each file is atomic on its own; on failure nothing in ``path`` changes.
+    Each file is atomic on its own; on failure nothing in ``path`` changes. Stale temporary folders of killed
+    writers to ``path`` are removed first (module docstring).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _clean_stale(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         path.mkdir(exist_ok=True)  # only once the content exists: a failed first save leaves nothing
+        mode = _default_mode()
         for src in sorted(tmp.rglob("*")):
-            if src.is_file():
+            if src.is_file() and not src.is_symlink():
                 dst = path / src.relative_to(tmp)
                 dst.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(src, mode)
                 with open(src, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(src, dst)

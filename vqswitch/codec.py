@@ -698,7 +698,9 @@ def decompress_file(path, out_dir, *, model=None, revision: str | None = None, p
     appears there).
 
     File names come from the stored names made safe by :func:`output_file_names` (base names only; an unsafe name
-    becomes the image's index). Existing files are never overwritten unless ``overwrite=True``.
+    becomes the image's index). Existing files -- and symlinks, even dangling ones -- are never replaced unless
+    ``overwrite=True`` (which replaces the link itself, never its target). The PNGs are built in a temporary folder
+    beside ``out_dir`` (:func:`vqswitch.atomic.atomic_directory`); one a killed run left is removed by the next.
     Args: model: the :class:`CodecModel` (or folder / repo id) it was made with; None loads the recorded one.
     Returns: the PNG paths, in image order.
     Raises: CodecError as :func:`decompress`; FileExistsError naming an existing output file; OSError reading or
@@ -711,7 +713,7 @@ def decompress_file(path, out_dir, *, model=None, revision: str | None = None, p
     out_dir = Path(out_dir)
     files = output_file_names(header.names)
     if not overwrite:
-        taken = [f for f in files if (out_dir / f).exists()]
+        taken = [f for f in files if os.path.lexists(out_dir / f)]  # a link, even dangling, is taken
         if taken:
             raise FileExistsError(f"{str(out_dir / taken[0])!r} already exists ({len(taken)} of the {len(files)} "
                                   "output files do); choose another folder or pass overwrite=True")

@@ -576,7 +576,11 @@ def _read_yaml(path: Path) -> dict:
         raise ImportError(f"reading {str(path)!r} needs PyYAML (pip install pyyaml); or pass config= "
                           f"(a dict) to load_pretrained") from err
     with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+        try:
+            data = yaml.safe_load(fh)  # plain data only: python/* tags are a ConstructorError, never executed
+        except yaml.YAMLError as err:
+            raise ValueError(f"{str(path)!r} is not a plain yaml config (only mappings, lists and scalars are read; "
+                             f"Python tags are refused): {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{str(path)!r} does not hold a yaml mapping")
     return data
