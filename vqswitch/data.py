@@ -952,8 +952,12 @@ def draw_pairs(labels, num_pairs: int, folds: int = 10, seed: int = 0) -> tuple[
         k = k if k < starts[g] else k + int(counts[g])
         return a, int(order[k])
 
-    def all_diff():
-        return [(a, b) for a in range(n) for b in range(a + 1, n) if lab[a] != lab[b]]
+    def all_diff():  # only pairs across identities (grouped order: each image with every later group's images)
+        out = []
+        for s, c in zip(starts, counts):
+            for a in order[s:s + c].tolist():
+                out += [(a, b) if a < b else (b, a) for b in order[s + c:].tolist()]
+        return out
 
     same_pairs = _sample_pairs(half, same_total, draw_same, all_same, r)
     diff_pairs = _sample_pairs(half, diff_total, draw_diff, all_diff, r)
@@ -1004,7 +1008,7 @@ def load_face_folder(root, size: int = 64, pixel_range=(0.0, 1.0), *, pairs="aut
     Raises:
         as :class:`FaceFolder` and :func:`draw_pairs`; for a pairs file, as :func:`vqswitch.metrics.parse_pairs`,
         and ``ValueError`` / ``FileNotFoundError`` naming the file and line for an image that does not exist, was
-        skipped, or belongs to an identity not selected; ``ValueError`` when folds does not divide a file's pairs.
+        skipped, or belongs to an identity not selected.
     """
     data = FaceFolder(root, size, pixel_range, min_size=min_size, extensions=extensions, identities=identities)
     if isinstance(pairs, str) and pairs in ("auto", "draw"):
