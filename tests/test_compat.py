@@ -76,8 +76,18 @@ def test_property_eval_indices_match_upstream(B, N, K, heads, cosine, separate, 
     x = torch.randn(B, N, 16, generator=torch.Generator().manual_seed(seed))
     q_up, i_up, _ = up(x)
     q, i, _ = ours(x)
-    assert torch.equal(i, i_up)
-    torch.testing.assert_close(q, q_up, atol=1e-6, rtol=0)
+    # upstream's float32 ||x||^2 + ||c||^2 - 2x.c can flip a near-tie (1 index in ~10^4 at random): a differing
+    # index must then name a code at the same float64 distance, and ours the nearer one
+    z = x.double().reshape(B, N, heads, 16 // heads)
+    z = torch.nn.functional.normalize(z, dim=-1) if cosine else z
+    books = ours.codebook.detach().double()
+    books = books if separate and heads > 1 else books.expand(heads, K, 16 // heads)
+    for b, n, *h in (i != i_up).view(B, N, heads).nonzero().tolist():
+        dist = (books[h[0]] - z[b, n, h[0]]).norm(dim=-1)
+        ours_d, up_d = dist[i.view(B, N, heads)[b, n, h[0]]], dist[i_up.view(B, N, heads)[b, n, h[0]]]
+        assert ours_d <= up_d < ours_d + 1e-5 * (1 + ours_d)
+    same = (i == i_up).view(B, N, heads).all(dim=-1)
+    torch.testing.assert_close(q[same], q_up[same], atol=1e-6, rtol=0)
     # and the codes / decode path gives the same output
     codes = ours.encode(x)
     assert codes.indices.shape == (B, N * heads)
@@ -243,6 +253,7 @@ def test_argument_errors():
 
 
 # ------------------------------------------------------------------ STSCQ extras
+@pytest.mark.filterwarnings("ignore:init_from_latents got")  # kmeans_init on a 6-image batch, on purpose
 @pytest.mark.parametrize("heads", [1, 2])
 def test_switchable_token_specific_codes_bits_and_decode(heads):
     torch.manual_seed(0)
