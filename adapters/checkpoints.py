@@ -7,12 +7,14 @@ the model fails with one message naming the missing, unexpected and mis-shaped k
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_file", "read_state_dict", "load_state_dict_strict"]
+__all__ = ["resolve_file", "read_state_dict", "load_state_dict_strict", "safetensors_shapes", "check_quantizer_fits"]
 
 _SAFETENSORS = (".safetensors",)
 _PICKLES = (".bin", ".pt", ".pth", ".ckpt")
@@ -126,3 +128,69 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.
             parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:8]))
         raise ValueError(f"{what} does not fit {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)
+
+
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+
+def safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of every tensor in a safetensors file, read from its JSON header alone (no tensor is
+    loaded; at most 100 MiB of header is read).
+
+    Raises: FileNotFoundError; ValueError for a file whose header is not a readable safetensors header, or
+        whose tensors' data offsets run past the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{str(path)!r} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            raise ValueError(f"{str(path)!r} is not a safetensors file (header length {n})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        shapes = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if not 0 <= begin <= end <= size - 8 - n or min(shape, default=0) < 0:
+                raise ValueError(f"tensor {name!r} lies outside the file")
+            shapes[name] = shape
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{str(path)!r} has an unreadable safetensors header: {err}") from None
+    return shapes
+
+
+def check_quantizer_fits(quantizer_config: dict, shapes: dict[str, tuple[int, ...]], *, what: str = "config") -> None:
+    """Check, before anything real is built, that a SwitchableTokenQuantizer config matches the tensors a weights
+    file holds: the quantizer is built on torch's ``meta`` device (no memory) and each of its tensors' shapes is
+    compared with ``shapes`` (from :func:`safetensors_shapes`) under the prefix ending in ``quantizer.`` that holds
+    ``codebooks``. So a config asking for K=65536 codes cannot make the loader allocate gigabytes before failing.
+
+    Raises: ValueError naming ``what`` for a config the quantizer refuses (TypeError too), weights without one
+        quantizer, or any tensor whose shape differs or is missing.
+    """
+    from vqswitch.quantizer import SwitchableTokenQuantizer
+
+    if not isinstance(quantizer_config, dict):
+        raise ValueError(f"{what}: the quantizer entry must be a mapping, got {type(quantizer_config).__name__}")
+    prefixes = [k[:-len("codebooks")] for k in shapes if k.endswith("quantizer.codebooks") or k == "codebooks"]
+    if len(prefixes) != 1:
+        raise ValueError(f"{what}: the weights file holds {len(prefixes)} quantizer codebooks, expected 1")
+    try:
+        with torch.device("meta"):
+            quantizer = SwitchableTokenQuantizer(**quantizer_config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}: invalid quantizer config: {err}") from None
+    wrong = []
+    for name, tensor in quantizer.state_dict().items():
+        have = shapes.get(prefixes[0] + name)
+        if have != tuple(tensor.shape):
+            wrong.append(f"{name}: config needs {tuple(tensor.shape)}, weights hold {have}")
+    if wrong:
+        raise ValueError(f"{what} does not match its weights file (nothing was built): " + "; ".join(wrong[:4]))

@@ -64,7 +64,7 @@ def test_compress_then_decompress(model_dir, faces, tmp_path, capsys, mode):
     assert report["mode"] == ("entropy" if mode == "auto" else mode)  # auto: entropy coding is the smaller here
     assert report["total_bytes"] == out.stat().st_size
     assert report["entropy_bits_per_image"] < fixed  # skewed statistics: entropy coding saves bits
-    assert main(["decompress", str(out), "-o", str(tmp_path / "png"), "--no-progress"]) == 0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "png"), "--no-progress", "--trust-file-model"]) == 0
     written = sorted((tmp_path / "png").glob("*.png"))
     assert [p.name for p in written] == [p.name for p in faces]
     from vqswitch.adapters import load_swapped
@@ -98,10 +98,11 @@ def test_errors_are_one_line_and_leave_nothing(model_dir, faces, tmp_path, capsy
     bad.write_bytes(bytes(data))
     assert main(["decompress", str(bad), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "vqswitch: error:" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress"]) == 0
-    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
+    model = ["--model", str(model_dir)]
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", *model]) == 0
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", *model]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", "--overwrite"]) == 0
+    assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", "--overwrite", *model]) == 0
     assert main(["decompress", str(tmp_path / "nothing.vqs"), "-o", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
 
@@ -112,3 +113,47 @@ def test_push_is_dispatched_to_publish(model_dir, tmp_path, capsys):
         p.name for p in (tmp_path / "upload").iterdir()}
     assert main(["push", str(model_dir), "--repo-id", "not a repo"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def _lying_model(model_dir, tmp_path, faces, k: int, m: int):
+    """A copy of the model whose config.json asks for K codes in M groups (its weights unchanged), and a .vqs
+    file compressed with the honest copy that names it."""
+    import shutil
+
+    folder = tmp_path / "lying"
+    shutil.copytree(model_dir, folder)
+    vqs = tmp_path / "x.vqs"
+    assert main(["compress", str(faces[0]), "--model", str(folder), "-o", str(vqs), "--no-progress"]) == 0
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantizer"].update(codebook_size=k, num_groups=m)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder, vqs
+
+
+def test_decompress_loads_the_model_a_file_names_only_when_trusted(model_dir, faces, tmp_path, capsys):
+    vqs = tmp_path / "x.vqs"
+    assert main(["compress", str(faces[0]), "--model", str(model_dir), "-o", str(vqs), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-file-model" in err and "--model" in err and str(model_dir) in err
+    assert not (tmp_path / "o").exists()
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--trust-file-model"]) == 0
+
+
+def test_a_config_asking_for_more_than_its_weights_hold_fails_before_building(model_dir, faces, tmp_path, capsys):
+    import resource
+    import time
+
+    folder, vqs = _lying_model(model_dir, tmp_path, faces, k=65536, m=8)  # 4.3 GB of codebooks, if built
+    capsys.readouterr()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--trust-file-model"]) == 2
+    seconds = time.perf_counter() - t0
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is KiB on Linux
+    err = capsys.readouterr().err
+    assert err.startswith("vqswitch: error:") and "codebooks" in err and "does not match" in err
+    assert grown_mib < 200 and seconds < 10, (grown_mib, seconds)
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--model", str(folder)]) == 2
+    assert "does not match" in capsys.readouterr().err

@@ -10,7 +10,7 @@
     vqswitch demo [--out DIR] [--quick] [--seed S] [--no-progress]
                                                     the main job: train, swap, fine-tune, compare (CPU, minutes)
     vqswitch compress IMAGES... --model DIR_OR_REPO -o OUT.vqs [--mode auto|entropy|fixed] [--revision REV]
-    vqswitch decompress FILE.vqs -o DIR [--model DIR_OR_REPO] [--revision REV] [--overwrite]
+    vqswitch decompress FILE.vqs -o DIR (--model DIR_OR_REPO | --trust-file-model) [--revision REV] [--overwrite]
     vqswitch push RUN_DIR --repo-id ORG/NAME [--revision BRANCH] [--private] [--dry-run OUT_DIR] ...
 
 Every command takes ``--json``. Errors print one ``vqswitch: error: ...`` line to stderr and
@@ -383,11 +383,23 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    """Decode a container into PNGs."""
-    from vqswitch.codec import decompress_file
+    """Decode a container into PNGs. Without --model it loads the model the file names only when
+    --trust-file-model is given: a .vqs file is untrusted input, and its header names what would be loaded."""
+    from vqswitch.codec import decompress_file, read_header
 
     if not os.path.isfile(args.file):
         raise CLIError(f"no such file: {args.file}")
+    if args.model is None and not args.trust_file_model:
+        try:
+            with open(args.file, "rb") as f:
+                header = read_header(f.read())
+        except (ValueError, OSError) as e:
+            raise CLIError(_one_line(e)) from None
+        named = f"{header.source!r}" + (f" at revision {header.revision}" if header.revision else "") \
+            if header.source else "no model"
+        raise CLIError(f"{args.file} names {named} (identity {header.identity_hex[:12]}) as its model; pass --model "
+                       "DIR_OR_REPO, or --trust-file-model to load the model the file names (only for files you "
+                       "trust: it decides what gets loaded)")
     try:
         files = decompress_file(args.file, args.output, model=args.model, revision=args.revision,
                                 progress=not args.no_progress, overwrite=args.overwrite)
@@ -495,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("decompress", help="decode a .vqs file into PNGs")
     x.add_argument("file", metavar="FILE.vqs")
     x.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the PNGs")
-    x.add_argument("--model", metavar="DIR_OR_REPO", help="the model it was compressed with (default: the one the "
-                   "file records; only for files you trust)")
+    x.add_argument("--model", metavar="DIR_OR_REPO", help="the model it was compressed with")
+    x.add_argument("--trust-file-model", action="store_true", help="without --model, load the model the file "
+                   "names (only for files you trust: the file decides what gets loaded)")
     x.add_argument("--revision", help="Hub branch, tag or commit of --model")
     x.add_argument("--overwrite", action="store_true", help="replace existing PNGs of the same names")
     x.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -164,11 +164,16 @@ def load_codec_model(dir_or_repo: str | os.PathLike, *, revision: str | None = N
     The entropy model is the folder's ``entropy_model.safetensors``; a save without one (older vqswitch) gets
     ``EntropyModel.from_quantizer`` of the loaded model. ``source`` is recorded as given; for a Hub repo
     ``revision`` is recorded as the commit the files were resolved to (so later decoding loads the same files).
+    Before building anything, the quantizer sizes ``config.json`` asks for are checked against the tensor shapes in
+    ``model.safetensors``'s header (:func:`vqswitch.adapters.checkpoints.check_quantizer_fits`), so a config that
+    lies about its sizes fails fast instead of allocating them.
     Raises what :func:`vqswitch.adapters.load_swapped` and ``EntropyModel.load`` raise (FileNotFoundError, OSError,
-    ValueError), and ValueError for an entropy model that does not fit the model.
+    ValueError), and ValueError for an entropy model that does not fit the model or sizes that do not fit the
+    weights.
     """
     from vqswitch.adapters import load_swapped
 
+    _check_sizes_before_building(dir_or_repo, revision)
     model = load_swapped(dir_or_repo, revision=revision)
     path = Path(dir_or_repo)
     if path.is_dir():
@@ -187,6 +192,21 @@ def load_codec_model(dir_or_repo: str | os.PathLike, *, revision: str | None = N
     anchor = file if file is not None else Path(hf_hub_download(repo, "config.json", revision=revision))
     commit = anchor.parent.name if _COMMIT.fullmatch(anchor.parent.name) else revision
     return CodecModel(model, entropy, source=repo, revision=commit)
+
+
+def _check_sizes_before_building(dir_or_repo, revision) -> None:
+    """ValueError unless the swapped model's config.json quantizer sizes match model.safetensors (headers only)."""
+    import json
+
+    from vqswitch.adapters.checkpoints import check_quantizer_fits, resolve_file, safetensors_shapes
+
+    files = [resolve_file(dir_or_repo, name, revision=revision) for name in ("config.json", "model.safetensors")]
+    try:
+        config = json.loads(files[0].read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(files[0])!r} is not valid JSON: {err}") from None
+    if isinstance(config, dict) and "quantizer" in config:  # else load_swapped says what is wrong
+        check_quantizer_fits(config["quantizer"], safetensors_shapes(files[1]), what=str(files[0]))
 
 
 def _as_codec_model(model, revision=None, *, what: str = "model") -> CodecModel:
