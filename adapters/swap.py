@@ -68,6 +68,9 @@ def quantizer_from_model(model: nn.Module, num_groups: int = 1, codebook_size: i
         if latents is None:
             raise ValueError("init='latents' needs latents=: (N, T, D) encoder tokens, e.g. "
                              "vqswitch.adapters.encode_latents(model, images)")
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError("latents must be a floating-point tensor (N, T, D) of encoder tokens (integers are not "
+                            f"cast), got {getattr(latents, 'dtype', type(latents).__name__)}")
         K = weight.shape[0] if codebook_size is None else codebook_size
         q = SwitchableTokenQuantizer(num_tokens=T, codebook_size=K, dim=weight.shape[1], num_groups=num_groups,
                                      token_specific=token_specific, **kwargs)
@@ -88,10 +91,13 @@ def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None 
     A swapped model can be swapped again with a new quantizer.
 
     Raises: TypeError for a non-module or non-quantizer argument, or both a quantizer and kwargs;
-        ValueError for a model no adapter recognises, an upstream quantizer of an unsupported kind,
-        or a quantizer whose D, T or metric does not fit the model.
+        ValueError for a model no adapter recognises or whose weights are on the 'meta' device, an
+        upstream quantizer of an unsupported kind, or a quantizer whose D, T or metric does not fit the model.
     """
     adapter = adapter_for(model)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("model's weights are on the 'meta' device (no values): load its weights before swapping "
+                         "(e.g. load_pretrained, or load_state_dict(..., assign=True))")
     if quantizer is None:
         if adapter.is_swapped(model):
             raise ValueError("this model is already swapped: pass quantizer= to replace its SwitchableTokenQuantizer")

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,6 +17,27 @@ import torch.nn.functional as F
 from vqswitch.kernels import nearest_codeword
 
 __all__ = ["kmeans", "reduce_codebook", "codebooks_from_latents", "Utilization", "utilization"]
+
+
+@contextmanager
+def allocation(what: str):
+    """Turn the allocator's error for an impossible size into a ValueError naming ``what`` (the arguments
+    that asked for it), instead of a RuntimeError from deep inside torch."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(e)
+        if not isinstance(e, MemoryError) and "alloc" not in text.lower() and "memory" not in text.lower():
+            raise
+        raise ValueError(f"cannot allocate {what}: {text.splitlines()[0][:200] if text else type(e).__name__}") from None
+
+
+def _check_float(name: str, t) -> None:
+    """A floating-point, non-'meta' tensor (integers are refused rather than cast)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.is_meta:
+        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -64,13 +86,20 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
         (P, K, D) float32 centroids. The start is k-means++ seeding for K <= KMEANSPP_MAX_K (256),
         K distinct random points for larger K, and every point plus noisy copies when N < K;
         an empty cluster is re-seeded with a random point.
+    Raises TypeError for a non-float x (integers are not cast) or a non-int num_clusters; ValueError
+    for a wrong shape, num_clusters < 1, or centroids too large to allocate.
     """
+    _check_float("x", x)
     if x.dim() != 3 or x.shape[1] < 1:
         raise ValueError(f"x must have shape (P, N, D) with N >= 1, got {tuple(x.shape)}")
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int):
+        raise TypeError(f"num_clusters must be an int, got {type(num_clusters).__name__}")
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
     P, N, D = x.shape
     K = int(num_clusters)
+    with allocation(f"num_clusters={K} centroids of D={D} for each of P={P} problems"):
+        torch.empty(P, K, D + 3, device=x.device)  # the centroids and their per-code bookkeeping, or a clear error
     gen = _generator(seed, x.device)
     x = x.float()
     if metric == "cosine":
@@ -120,8 +149,10 @@ def reduce_codebook(weight: torch.Tensor, codebook_size: int, num_groups: int = 
         K < K0: each group is a k-means reduction of the K0 codes to K centroids, each group from a
         different random start (seed + g), so groups start different. Data-driven starts
         (:func:`codebooks_from_latents`) usually separate groups far better.
-    Raises ValueError for K > K0 or a non-(K0, D) weight.
+    Raises TypeError for a non-float weight (integers are not cast); ValueError for K > K0, a
+    non-(K0, D) or 'meta' weight.
     """
+    _check_float("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must have shape (K0, D), got {tuple(weight.shape)}")
     K0, D = weight.shape
@@ -152,6 +183,7 @@ def codebooks_from_latents(z: torch.Tensor, codebook_size: int, num_groups: int 
         images are first clustered into M groups by k-means of their whole (T*D) latent, so each
         group specialises in a kind of image; a group left empty is built from all images.
     """
+    _check_float("z", z)
     if z.dim() != 3 or z.shape[0] < 1:
         raise ValueError(f"z must have shape (N, T, D) with N >= 1, got {tuple(z.shape)}")
     N, T, D = z.shape

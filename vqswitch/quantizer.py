@@ -20,6 +20,7 @@ image as one process does, and every rank must call forward, also with an empty 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from vqswitch import bits as _bits
 from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest_codeword, nearest_group
 
 from .atomic import atomic_directory
-from .codebooks import Utilization, add_code_counts, codebooks_from_latents, reduce_codebook, utilization
+from .codebooks import Utilization, add_code_counts, allocation, codebooks_from_latents, reduce_codebook, utilization
 from .codes import Codes
 from .distributed import gather_variable, global_ratio, world_size
 from .router import Router, router_losses
@@ -94,6 +95,11 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _check_not_meta(name: str, t: torch.Tensor) -> None:
+    if t.is_meta:
+        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
 
 
 def _check_choice(name: str, value, choices) -> str:
@@ -177,15 +183,27 @@ class SwitchableTokenQuantizer(
         self.commitment_weight = float(commitment_weight)
         self.balance_weight, self.decision_weight = float(balance_weight), float(decision_weight)
         self.quality_weight = float(quality_weight)
-        self.router_hidden_dim, self.router_temperature = router_hidden_dim, float(router_temperature)
-        self.track_usage, self.check_finite = bool(track_usage), bool(check_finite)
+        self.router_hidden_dim = _check_int("router_hidden_dim", router_hidden_dim)
+        if isinstance(router_temperature, bool) or not isinstance(router_temperature, (int, float)):
+            raise TypeError(f"router_temperature must be a number, got {type(router_temperature).__name__}")
+        if not (math.isfinite(router_temperature) and router_temperature > 0):
+            raise ValueError(f"router_temperature must be a finite number > 0, got {router_temperature!r}")
+        self.router_temperature = float(router_temperature)
+        for name, flag in (("track_usage", track_usage), ("check_finite", check_finite)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        self.track_usage, self.check_finite = track_usage, check_finite
         self.backend = _check_choice("backend", backend, ("auto", "torch", "triton"))
         self.memory_budget = _check_int("memory_budget", memory_budget)
 
         tokens = num_tokens if token_specific else 1
-        self.codebooks = nn.Parameter(torch.randn(num_groups, tokens, codebook_size, dim))
-        self.router = Router(num_tokens, dim, num_groups, router_hidden_dim, router_temperature) if num_groups > 1 else None
-        self.register_buffer("usage", torch.zeros(num_groups, tokens, codebook_size, dtype=torch.long))
+        with allocation(f"the codebooks (num_groups*T'*codebook_size*dim = {num_groups}*{tokens}*{codebook_size}*{dim} "
+                         "floats) and usage counts"):
+            self.codebooks = nn.Parameter(torch.randn(num_groups, tokens, codebook_size, dim))
+            self.register_buffer("usage", torch.zeros(num_groups, tokens, codebook_size, dtype=torch.long))
+        with allocation(f"the router (num_tokens*router_hidden_dim + dim*router_hidden_dim = "
+                         f"{num_tokens}*{router_hidden_dim} + {dim}*{router_hidden_dim} floats)"):
+            self.router = Router(num_tokens, dim, num_groups, router_hidden_dim, router_temperature) if num_groups > 1 else None
         self.register_buffer("group_counts", torch.zeros(num_groups, dtype=torch.long))
 
     # ------------------------------------------------------------------ config, bits
@@ -219,6 +237,10 @@ class SwitchableTokenQuantizer(
             raise TypeError(f"z must be a torch.Tensor of shape (B, T, D), got {type(z).__name__}")
         if not z.is_floating_point():
             raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+        _check_not_meta("z", z)
+        if self.codebooks.is_meta:
+            raise ValueError("the quantizer's weights are on the 'meta' device (no values): load them first "
+                             "(from_pretrained, load_state_dict(..., assign=True), or to_empty() and an initialisation)")
         if z.dim() != 3:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
         if z.shape[1] != self.num_tokens or z.shape[2] != self.dim:
@@ -250,6 +272,7 @@ class SwitchableTokenQuantizer(
         for name, t in (("groups", groups), ("indices", indices)):
             if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+            _check_not_meta(name, t)
         if indices.dim() != 2 or indices.shape[1] != self.num_tokens:
             raise ValueError(f"indices must have shape (B, T={self.num_tokens}), got {tuple(indices.shape)}")
         if groups.shape not in (indices.shape[:1], indices.shape):
@@ -375,10 +398,13 @@ class SwitchableTokenQuantizer(
         K == K0 copies the codebook (groups > 0 get 1% noise); K < K0 k-means-reduces it per group from
         different starts (see :func:`~vqswitch.codebooks.reduce_codebook`). Every token's codebook
         starts equal to its group's.
-        Raises TypeError/ValueError for a non-(K0, D) float weight or K > K0.
+        Raises TypeError/ValueError for a non-(K0, D) float weight, a 'meta' or non-finite weight, or K > K0.
         """
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dim() != 2:
             raise TypeError(f"weight must be a (K0, D) float tensor, got {getattr(weight, 'shape', type(weight))}")
+        _check_not_meta("weight", weight)
+        if weight.numel() and not all_finite(weight):
+            raise ValueError("weight (the pretrained codebook) contains NaN or Inf values")
         K = weight.shape[0] if codebook_size is None else codebook_size
         q = cls(num_tokens=num_tokens, codebook_size=K, dim=weight.shape[1], num_groups=num_groups, **kwargs)
         books = reduce_codebook(weight, K, num_groups, metric=q.metric, seed=seed)  # (M, K, D)
@@ -407,10 +433,24 @@ class SwitchableTokenQuantizer(
 
         Images are clustered into M groups first (see :func:`~vqswitch.codebooks.codebooks_from_latents`).
         Resets usage counts. Returns the (N,) int64 group each image was clustered into.
+        A codebook is fitted to the points of its group: N/M images per (group, token) codebook when
+        token-specific, N*T/M tokens when shared. With fewer points than its K codes, every point becomes
+        a code and the rest are copies of points with small noise (then a UserWarning says so: give at
+        least K*M images token-specific, K*M/T shared); a group no image falls in is fitted to all images.
+        Raises TypeError for a non-float z (integers are not cast), ValueError for a wrong shape, an empty,
+        'meta' or non-finite z.
         """
         z = self._check_z(z)
         if z.shape[0] == 0:
             raise ValueError("z must hold at least one image to initialise from")
+        points = z.shape[0] * (1 if self.token_specific else z.shape[1])  # per codebook, when groups split evenly
+        if points < self.codebook_size * self.num_groups:
+            warnings.warn(f"init_from_latents got {z.shape[0]} images for {self.num_groups} group(s) of "
+                          f"{self.codebook_size} codes{' per token' if self.token_specific else ''}: a codebook then "
+                          f"sees about {points / self.num_groups:.3g} points for its {self.codebook_size} codes, so "
+                          "some codes start as noisy copies of the same point (give at least "
+                          f"{math.ceil(self.codebook_size * self.num_groups / (points // z.shape[0]))} images)",
+                          UserWarning, stacklevel=2)
         books, image_groups = codebooks_from_latents(z, self.codebook_size, self.num_groups, self.token_specific,
                                                      metric=self.metric, iters=iters, seed=seed)
         self.codebooks.copy_(books.to(self.codebooks.dtype))

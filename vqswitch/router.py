@@ -58,10 +58,16 @@ class Router(nn.Module):
         self.head = nn.Linear(hidden_dim, num_groups)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, T, D) float -> logits (B, M) float32 (computed in fp32, also under autocast)."""
+        """z: (B, T, D) float -> logits (B, M) float32 (computed in fp32, also under autocast, and whatever
+        the dtypes of z and of the router's own parameters: a half-precision router takes fp32 z and its
+        gradients reach its parameters in their dtype)."""
         with torch.autocast(z.device.type, enabled=False):
-            h = F.gelu(self.proj(z.float()) + self.position)
-            return self.head(self.norm(h.mean(dim=1))) / self.temperature
+            def f32(t):
+                return None if t is None else t.float()
+            h = F.gelu(F.linear(z.float(), f32(self.proj.weight), f32(self.proj.bias)) + f32(self.position))
+            h = F.layer_norm(h.mean(dim=1), self.norm.normalized_shape, f32(self.norm.weight), f32(self.norm.bias),
+                             self.norm.eps)
+            return F.linear(h, f32(self.head.weight), f32(self.head.bias)) / self.temperature
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, T, D) float -> probabilities (B, M) float32, rows summing to 1."""
