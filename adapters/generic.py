@@ -105,7 +105,7 @@ def latents_to_tokens(z, layout: str, dim: int, *, name: str = "z") -> tuple[tor
     if layout == GRID:
         if z.shape[1] != dim:
             raise ValueError(f"{name} must be {GRID} with D={dim} channels, got shape {tuple(z.shape)}")
-        return z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, dim), tuple(z.shape[2:])
+        return z.permute(0, 2, 3, 1).reshape(z.shape[0], z.shape[2] * z.shape[3], dim), tuple(z.shape[2:])
     if z.shape[2] != dim:
         raise ValueError(f"{name} must be {SEQUENCE} with D={dim}, got shape {tuple(z.shape)}")
     return z, (z.shape[1],)
