@@ -270,3 +270,47 @@ def test_ddp_two_ranks_end_with_identical_weights():
     # stage 2 ends by recounting the codes of the training set: each image once, over both ranks' shares
     assert int(r0["quantize.quantizer.group_counts"].sum()) == len(make_data())
     assert int(r0["quantize.quantizer.usage"].sum()) == len(make_data()) * 64
+
+
+# ---------------------------------------------------------------- a resume cleans up after the killed run
+def test_resume_cleans_stale_temporaries_and_truncates_the_log(tmp_path):
+    torch.set_num_threads(1)
+    cfg = config(steps=(3, 4, 1), checkpoint_every=2)
+    reference = tmp_path / "ref"
+    Finetuner(make_model(), make_data(), reference, cfg).run()
+
+    def die(finetuner, stage, step, record):
+        if stage == 2 and step == 3:  # after the periodic checkpoint of step 2, and after step 3 was logged
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Finetuner(make_model(), make_data(), run, cfg, callback=die).run()
+    root = run / "checkpoints"
+    # what a kill at the wrong moment leaves: atomic_write_bytes' temporary of `latest`, a half-written
+    # checkpoint folder, and a torn last line of the log
+    (root / ".latest.k1ll3d.tmp").write_bytes(b"periodic-stage2-step0000004")
+    (root / ".periodic-stage2-step0000004.tmp" / "model").mkdir(parents=True)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"stage": 2, "st')
+    resumed = Finetuner(make_model(), make_data(), run, cfg, resume=True)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    resumed.run()
+
+    def steps(path):
+        return [(r["stage"], r["step"]) for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())]
+
+    got = steps(run)
+    assert len(got) == len(set(got)), got  # no (stage, step) twice
+    assert got == steps(reference)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+
+
+def test_resume_restores_a_checkpoint_caught_between_its_two_renames(tmp_path):
+    cfg = config(steps=(2, 0, 0), stages=(1,))
+    Finetuner(make_model(), make_data(), tmp_path, cfg).run()
+    root = tmp_path / "checkpoints"
+    os.replace(root / "stage1", root / ".stage1.old")  # killed after moving the old one aside
+    resumed = Finetuner(make_model(), make_data(), tmp_path, cfg, resume=True)
+    assert (root / "stage1" / "trainer.pt").is_file() and not (root / ".stage1.old").exists()
+    assert resumed.stage_index == 1

@@ -16,7 +16,9 @@ built once (a speed-up the paper does not have). Every run writes into ``run_dir
 
 ``resume=True`` continues from ``checkpoints/latest`` exactly: batches are drawn from a
 permutation seeded by (seed, stage, epoch), so a killed run that resumes reaches the same weights
-as an uninterrupted one. A NaN or Inf loss stops the run with :class:`TrainingDiverged` before the
+as an uninterrupted one. Resuming first removes the temporaries a kill can leave in ``checkpoints/``
+(``.latest.*.tmp``, ``.<name>.tmp``; a ``.<name>.old`` caught between the two renames of a save is
+put back), and truncates ``metrics.jsonl`` to the checkpoint's (stage, step), so no record appears twice. A NaN or Inf loss stops the run with :class:`TrainingDiverged` before the
 optimizer step; the last good checkpoint stays the latest.
 
 Under ``torchrun`` / ``accelerate launch`` (torch.distributed initialised), each rank takes its share
@@ -236,6 +238,10 @@ class Finetuner:
         from vqswitch.adapters import load_swapped
 
         root = self.run_dir / "checkpoints"
+        if self.is_main:
+            self._clean_stale(root)
+        if world_size() > 1:
+            torch.distributed.barrier()
         if not (root / "latest").is_file():
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {str(root)!r}")
         folder = root / (root / "latest").read_text().strip()
@@ -247,6 +253,55 @@ class Finetuner:
         self.model = load_swapped(folder / "model", map_location=self.device)
         self.stage_index, self.step = int(state["stage_index"]), int(state["step"])
         self._pending_optimizer_state = state["optimizer"]
+        if self.is_main:
+            self._truncate_log()
+
+    @staticmethod
+    def _clean_stale(root: Path) -> None:
+        """Remove what a killed run of ours can leave in ``checkpoints/``: the temporary of ``latest``
+        (``.latest.*.tmp``, from :func:`~vqswitch.atomic.atomic_write_bytes`) and half-written checkpoint
+        folders (``.<name>.tmp``). A ``.<name>.old`` is the previous copy of a checkpoint moved aside just
+        before the new one was renamed in: it is renamed back when the kill came between the two renames
+        (no ``<name>``), else removed. Nothing else is touched."""
+        if not root.is_dir():
+            return
+        for p in sorted(root.iterdir()):
+            if not p.name.startswith("."):
+                continue
+            if p.name.endswith(".old") and p.is_dir():
+                final = root / p.name[1:-len(".old")]
+                if not final.exists():
+                    os.replace(p, final)
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
+            elif p.name.endswith(".tmp"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.name.startswith(".latest."):
+                    p.unlink(missing_ok=True)
+
+    def _truncate_log(self) -> None:
+        """Drop the ``metrics.jsonl`` records written after the checkpoint being resumed (the resumed run
+        writes them again), and a torn last line; rewritten atomically."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        stages = tuple(self.config.stages)
+        keep, dropped = [], False
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped = True  # a line cut by the kill
+                continue
+            where = (record.get("stage"), record.get("step")) if isinstance(record, dict) else (None, None)
+            if where[0] in stages and isinstance(where[1], int) and \
+                    (stages.index(where[0]), where[1]) > (self.stage_index, self.step):
+                dropped = True
+                continue
+            keep.append(line)
+        if dropped:
+            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode("utf-8"))
 
     # ------------------------------------------------------------------ data
     def _batch_indices(self, stage: int, step: int, batch_size: int) -> list[int]:
