@@ -104,6 +104,20 @@ def test_embed_images_with_the_real_model_matches_one_call(dlib_embedder, cartoo
                        cartoon_embeddings[:5])
 
 
+@pytest.mark.slow
+def test_worker_processes_give_the_same_embeddings(dlib_embedder, cartoon_faces, cartoon_embeddings):
+    parallel = DlibFaceEmbedder(workers=2)
+    try:
+        assert torch.equal(parallel(cartoon_faces), cartoon_embeddings)
+        assert torch.equal(parallel(cartoon_faces[:3]), cartoon_embeddings[:3])  # too few to split: in process
+    finally:
+        parallel.close()
+    with pytest.raises(TypeError, match="pickled"):
+        import pickle
+
+        pickle.dumps(parallel)
+
+
 # ------------------------------------------------------------------------------------------------ without dlib
 
 
@@ -130,6 +144,8 @@ def test_embedder_rejects_bad_arguments_before_loading_the_model():
         DlibFaceEmbedder(num_jitters=0.5)
     with pytest.raises(ValueError, match="chunk"):
         DlibFaceEmbedder(chunk=0)
+    with pytest.raises(ValueError, match="workers"):
+        DlibFaceEmbedder(workers=0)
 
 
 def test_embedder_rejects_bad_images(dlib_embedder):

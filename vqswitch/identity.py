@@ -99,22 +99,28 @@ class DlibFaceEmbedder:
         num_jitters: int >= 0; dlib averages over this many random jitters of each face when > 1 (slower, and
             no longer deterministic); 0 (default) embeds the image as it is.
         chunk: int >= 1, images per dlib call.
+        workers: int >= 1, processes that embed at once. dlib holds Python's GIL while it runs, so threads do
+            not help; with ``workers > 1`` each call splits its images into ``workers`` contiguous shards, embedded
+            by a pool of worker processes (started on the first call, each loading the model once; kept until
+            :meth:`close` or the end of the process). The embeddings are the same as with one worker.
     Calling it: ``embedder(images)`` with images a float (B, 3, H, W) tensor (any device; B may be 0) returns
     a float32 CPU tensor (B, 128). Raises ``TypeError``/``ValueError`` naming the argument for bad input, and
     ``ImportError`` naming the ``vqswitch[faces]`` extra when dlib or its model package is missing (at
     construction).
     """
 
-    def __init__(self, pixel_range=(0.0, 1.0), num_jitters: int = 0, chunk: int = 64):
+    def __init__(self, pixel_range=(0.0, 1.0), num_jitters: int = 0, chunk: int = 64, workers: int = 1):
         self.pixel_range = _check_pixel_range(pixel_range)
-        for name, value, minimum in (("num_jitters", num_jitters, 0), ("chunk", chunk, 1)):
+        for name, value, minimum in (("num_jitters", num_jitters, 0), ("chunk", chunk, 1), ("workers", workers, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
         self.num_jitters = int(num_jitters)
         self.chunk = int(chunk)
+        self.workers = int(workers)
         self._model = _load_dlib_model()
+        self._pool = None
 
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         """The exact pixels dlib sees: (B, 150, 150, 3) uint8 RGB, C-contiguous (see the class docstring)."""
@@ -129,15 +135,52 @@ class DlibFaceEmbedder:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.to_uint8(images)
-        out = np.empty((pixels.shape[0], EMBEDDING_DIM), dtype=np.float32)
-        for start in range(0, pixels.shape[0], self.chunk):
-            batch = list(pixels[start:start + self.chunk])
-            descriptors = self._model.compute_face_descriptor(batch, self.num_jitters)
-            out[start:start + len(batch)] = np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
-        return torch.from_numpy(out)
+        if self.workers == 1 or pixels.shape[0] < 2 * self.workers:
+            return torch.from_numpy(_describe(self._model, pixels, self.chunk, self.num_jitters))
+        if self._pool is None:
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn, not fork: the parent holds torch's thread pools, which a forked child must not inherit
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+        shards = np.array_split(pixels, self.workers)
+        parts = self._pool.map(_worker_describe, shards, [self.chunk] * len(shards),
+                               [self.num_jitters] * len(shards))
+        return torch.from_numpy(np.concatenate(list(parts)))
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started); the embedder stays usable (a later call starts them
+        again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __getstate__(self):
+        raise TypeError("a DlibFaceEmbedder holds a loaded dlib model and cannot be pickled; build one per process")
 
     def __repr__(self) -> str:
-        return f"DlibFaceEmbedder(pixel_range={self.pixel_range}, num_jitters={self.num_jitters}, chunk={self.chunk})"
+        return (f"DlibFaceEmbedder(pixel_range={self.pixel_range}, num_jitters={self.num_jitters}, "
+                f"chunk={self.chunk}, workers={self.workers})")
+
+
+def _describe(model, pixels: np.ndarray, chunk: int, num_jitters: int) -> np.ndarray:
+    """(B, 150, 150, 3) uint8 -> (B, 128) float32 descriptors, ``chunk`` images per dlib call."""
+    out = np.empty((pixels.shape[0], EMBEDDING_DIM), dtype=np.float32)
+    for start in range(0, pixels.shape[0], chunk):
+        batch = list(pixels[start:start + chunk])
+        descriptors = model.compute_face_descriptor(batch, num_jitters)
+        out[start:start + len(batch)] = np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
+    return out
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    _load_dlib_model()
+
+
+def _worker_describe(pixels: np.ndarray, chunk: int, num_jitters: int) -> np.ndarray:
+    return _describe(_load_dlib_model(), pixels, chunk, num_jitters)
 
 
 def embed_images(embed: Callable[[torch.Tensor], torch.Tensor], images, batch_size: int = 256,
