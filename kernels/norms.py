@@ -10,6 +10,9 @@ address to a new tensor. Entries of freed codebooks are dropped, and a new versi
 its older versions' entries (a training loop holds one entry, not one per step). The norms are computed
 in chunks of CHUNK_ELEMENTS codebook elements, so half-precision books are never copied whole to fp32.
 Writes through ``.data`` bypass the version counter: call :func:`clear_norm_cache` after those.
+Computing the norms of a new version also checks them: a finite code whose squared norm would overflow
+the search's dtype (magnitude above sqrt(max/8): about 6.5e18 in fp32) raises ValueError ("dot" computes
+no norms and is not checked here; NaN/Inf codes are left to give NaN distances and losses).
 """
 from __future__ import annotations
 
@@ -72,6 +75,12 @@ def codebook_norms(cb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.T
         return hit[1], hit[2]
     dtype = torch.float64 if cb.dtype == torch.float64 else torch.float32
     norm = _row_norms(cb, dtype)
+    if norm.numel():  # once per codebook version: squares of longer codes overflow the search's distances
+        longest, limit = float(norm.max()), (torch.finfo(dtype).max / 8.0) ** 0.5
+        if not longest <= limit and bool(torch.isfinite(torch.stack(torch.aminmax(cb.reshape(-1)))).all()):
+            # finite codes (NaN/Inf ones flow on into NaN losses, which training reports as divergence)
+            raise ValueError(f"codebooks hold codes of magnitude {longest:.3g} (above {limit:.3g}): their squared "
+                             f"norms overflow the {str(dtype).replace('torch.', '')} search; rescale them (with z)")
     if metric == "cosine":
         inv = norm.clamp_min(1e-12).reciprocal_()
         sq = norm.mul_(inv).square_()  # in place: the cache is the only norm-sized memory held

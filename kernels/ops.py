@@ -7,13 +7,14 @@ running anything. Checks that depend on values (NaN/Inf, group range) run here, 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
-from .torch_search import search_all_groups, search_fixed_groups
+from .torch_search import _compute_dtype, search_all_groups, search_fixed_groups
 
-__all__ = ["all_finite"]
+__all__ = ["all_finite", "safe_magnitudes"]
 
 
 def _out_dtype(z: torch.Tensor, cb: torch.Tensor, backend: str) -> torch.dtype:
@@ -32,10 +33,29 @@ def all_finite(z: torch.Tensor, memory_budget: int | None = None) -> bool:
     return bool(torch.isfinite(lo).logical_and_(torch.isfinite(hi)))
 
 
+def safe_magnitudes(dtype: torch.dtype, dim: int) -> tuple[float, float]:
+    """(lo, hi): the search of D=``dim`` tokens in compute ``dtype`` (fp32, or fp64) is exact for z whose
+    largest magnitude max|z| is 0 or lies in [lo, hi]. Above hi, ||z||^2 and ||z - c||^2 (up to
+    4*D*max|z|^2 with codes of z's size) overflow; below lo, the squares of z's entries are subnormal
+    or 0, so distances lose their digits or come back as 0 (and "cosine" cannot normalise z)."""
+    info = torch.finfo(dtype)
+    return (info.tiny ** 0.5) * 8.0, (info.max / (8.0 * max(1, dim))) ** 0.5
+
+
 def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups: int, check_finite: bool,
-                    memory_budget: int) -> None:
-    if check_finite and z.numel() and not all_finite(z, memory_budget):
-        raise ValueError("z contains NaN or Inf values")
+                    memory_budget: int, compute_dtype: torch.dtype = torch.float32) -> None:
+    if check_finite and z.numel():  # one aminmax pass: NaN/Inf and the magnitude range together
+        with torch.autocast(z.device.type, enabled=False):  # (autocast would promote the stack of half values)
+            lo, hi = torch.stack(torch.aminmax(z.reshape(-1))).tolist()  # one device sync
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("z contains NaN or Inf values")
+        low, high = safe_magnitudes(compute_dtype, z.shape[-1])
+        biggest = max(abs(lo), abs(hi))
+        if biggest > high or 0.0 < biggest < low:
+            raise ValueError(f"z holds values of magnitude {biggest:.3g}: the {str(compute_dtype).replace('torch.', '')} "
+                             f"search squares them, which is exact only for max|z| in [{low:.3g}, {high:.3g}] "
+                             f"(or 0) at D={z.shape[-1]}; rescale z (the nearest code is scale-invariant for "
+                             "all three metrics when the codebooks are rescaled with it)")
     if groups is not None and groups.numel():
         lo, hi = (int(v) for v in torch.aminmax(groups))
         if lo < 0 or hi >= num_groups:
@@ -46,7 +66,7 @@ def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups:
 def nearest_codeword_op(z: torch.Tensor, codebooks: torch.Tensor, groups: Optional[torch.Tensor], metric: str,
                         backend: str, memory_budget: int, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """z (B, T, D), codebooks (M, T', K, D), groups (B,) int64 or None -> (indices (B, T), distances (B, T))."""
-    _runtime_checks(z, groups, codebooks.shape[0], check_finite, memory_budget)
+    _runtime_checks(z, groups, codebooks.shape[0], check_finite, memory_budget, _compute_dtype(z, codebooks))
     if z.shape[0] == 0:
         return (z.new_empty(z.shape[:2], dtype=torch.long), z.new_empty(z.shape[:2], dtype=_out_dtype(z, codebooks, backend)))
     if backend == "triton":
@@ -68,7 +88,7 @@ def _(z, codebooks, groups, metric, backend, memory_budget, check_finite):
 def nearest_group_op(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget: int,
                      check_finite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """z (B, T, D), codebooks (M, T', K, D) -> (groups (B,), indices (B, T), distances (B, T), group_errors (B, M))."""
-    _runtime_checks(z, None, codebooks.shape[0], check_finite, memory_budget)
+    _runtime_checks(z, None, codebooks.shape[0], check_finite, memory_budget, _compute_dtype(z, codebooks))
     B, T = z.shape[:2]
     M = codebooks.shape[0]
     if B == 0:

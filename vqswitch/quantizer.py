@@ -133,7 +133,8 @@ class SwitchableTokenQuantizer(
         balance_weight, decision_weight, quality_weight: weights of the router losses L_ent,
             L_dec, L_qua in ``loss`` (defaults are vqswitch's; the paper does not publish them).
         track_usage: count code and group use in training (buffers ``usage``, ``group_counts``).
-        check_finite: reject NaN/Inf inputs (costs one device sync per call).
+        check_finite: reject NaN/Inf inputs, and finite ones whose magnitudes the fp32 search cannot
+            square exactly (see :func:`vqswitch.kernels.nearest_codeword`); one device sync per call.
         backend: search backend, "auto" | "torch" | "triton" (see :mod:`vqswitch.kernels`).
         memory_budget: bytes of temporary memory the search may hold at once.
     Raises:
