@@ -5,6 +5,8 @@ vqswitch's own implementations and on instances of the upstream classes alike.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -110,6 +112,8 @@ def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None 
         adapter.check_upstream_quantizer(model)
     shim = adapter.make_shim(model, quantizer)  # validates D, T and metric against the model
     adapter.set_quantize_module(model, shim.to(_model_device(model)).train(model.training))  # a fresh module trains
+    from .saving import guard_native_saving  # (saving imports this module)
+    guard_native_saving(model)  # inherited save_pretrained / push_to_hub would lose the quantizer: they refuse
     return model
 
 
@@ -140,26 +144,46 @@ def encode_codes(model: nn.Module, images: torch.Tensor, *, check_range: bool = 
     """images (B, C, H, W) float in the model's pixel range -> :class:`~vqswitch.Codes` (group + T indices
     per image), with the quantizer's inference selection. No gradient.
 
-    Raises: ValueError for an unswapped model, images whose size gives another token count than the
-        quantizer's T, or images of the wrong type, shape or range.
+    Images of any size work with a token-shared quantizer (the codes then hold the T' tokens of that
+    size's grid: decode them with ``decode_codes(..., image_size=(H, W))`` unless the grid is the
+    configured or a square one); a token-specific quantizer is tied to its grid.
+    Raises: ValueError for an unswapped model, images whose size gives another token count than a
+        token-specific quantizer's T, or images of the wrong type, shape or range.
     """
     quantizer = swapped_quantizer(model)
     z = encode_latents(model, images, check_range=check_range)
-    if z.shape[1] != quantizer.num_tokens:
+    if z.shape[1] != quantizer.num_tokens and quantizer.token_specific:
         raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels give {z.shape[1]} tokens, but the "
                          f"quantizer was built for T={quantizer.num_tokens} tokens")
     return quantizer.encode(z)
 
 
 @torch.no_grad()
-def decode_codes(model: nn.Module, codes: Codes) -> torch.Tensor:
+def decode_codes(model: nn.Module, codes: Codes, *, image_size: tuple[int, int] | int | None = None) -> torch.Tensor:
     """:class:`~vqswitch.Codes` -> images (B, C, H, W) in the model's pixel range (not clamped: decoders
     overshoot a little), in the model's dtype, on its device. No gradient.
 
-    Raises: TypeError for a non-Codes argument; ValueError for an unswapped model or codes made for
-        another quantizer configuration (T, K or M).
+    image_size: (H, W) (or an int) of the images the codes came from. Codes record their token count T
+        but not the latent grid's shape, so a convolutional tokenizer's decoder needs it for codes of
+        another grid than the configured one (with a token-shared quantizer, :func:`encode_codes` takes
+        any size); without it the grid is the configured one when it has T tokens, else square.
+    Raises: TypeError for a non-Codes argument; ValueError for an unswapped model, codes made for another
+        quantizer configuration (K, M, or T when token-specific), a grid that cannot be told (pass
+        image_size) or an image_size that does not give the codes' T, or image_size for a tokenizer whose
+        T does not follow the image size.
     """
     quantizer = swapped_quantizer(model)
+    adapter = adapter_for(model)
     tokens = quantizer.decode(codes)
     p = next(model.parameters())
-    return adapter_for(model).decode_tokens(model, tokens.to(p.dtype))
+    if image_size is None:
+        return adapter.decode_tokens(model, tokens.to(p.dtype))
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+        raise TypeError(f"image_size must be (H, W) positive ints or an int, got {image_size!r}")
+    if "image_size" not in inspect.signature(adapter.decode_tokens).parameters:
+        raise ValueError(f"image_size is not used by the {adapter.name} adapter (its token count does not follow the "
+                         "image size); call decode_codes without it")
+    return adapter.decode_tokens(model, tokens.to(p.dtype), image_size=tuple(image_size))
