@@ -115,6 +115,9 @@ def demo_dir(tmp_path_factory):
     return out
 
 
+BASELINE_TUNED = "baseline + stage 3 (same codes, decoder fine-tuned as in stage 3)"
+
+
 def table_value(card: str, key: str) -> str:
     """The value cell of the card's two-column row ``| key | value |``."""
     match = re.search(rf"^\| {re.escape(key)} \| (.*) \|$", card, re.M)
@@ -235,7 +238,8 @@ def test_dry_run_folder_has_every_file_and_a_matching_card(run, tmp_path):
     assert "Data: image folder faces-train; 321 images." in card
     assert "l2 1, perceptual 0.5, identity 0.25" in card and "Seed: 5." in card
     assert 'load_swapped("org/name")' in card and "vqswitch compress IMAGES --model org/name -o out.vqs" in card
-    assert "vqswitch decompress out.vqs -o DIR" in card
+    assert "vqswitch decompress out.vqs -o DIR --model org/name" in card  # decompress needs --model
+    assert re.search(r"^\| 3 \| decoder only, on images \(L2 \+ perceptual \+ identity losses\) \|", card, re.M)
     for phrase in ("skin tones", "ages, genders", "surveillance", "consent", "legal", "Not for biometric "
                    "identification", "Usage note", "Intended use", "lossy"):
         assert phrase.lower() in card.lower(), phrase
@@ -267,16 +271,52 @@ def test_demo_output_is_published_with_its_baseline(demo_dir, tmp_path):
     card = (out / "README.md").read_text()
     assert "base_model" not in ModelCard(card).data.to_dict()
     assert table_value(card, "base weights").startswith("a small MaskGitVQGAN trained from scratch")
-    for label, key in (("baseline VQ (before the swap)", "baseline"), ("STSCQ (this model)", "stscq")):
+    for label, key in (("baseline VQ (before the swap)", "baseline"), (BASELINE_TUNED, "baseline_decoder_tuned"),
+                       ("STSCQ (this model)", "stscq")):
         m = metrics[key]
         row = table_value(card, label).split(" | ")
         assert row[:6] == [str(m["num_groups"]), str(m["codebook_size"]), str(m["num_tokens"]),
                            str(m["bits_per_image"]), f"{m['bpp']:.4f}", f"{m['psnr']:.2f}"], label
         assert row[7] == f"{100 * m['utilization_mean']:.1f}%"
     assert "held-out indices 4..5" in card
+    # every row of the demo's table, in its order, and the fair comparison spelled out from the numbers
+    rows = [line.split(" | ")[0][2:] for line in card.splitlines() if line.startswith("| ") and " | " in line]
+    assert rows[rows.index("model"):][1:4] == ["baseline VQ (before the swap)", BASELINE_TUNED, "STSCQ (this model)"]
+    ours, fair = metrics["stscq"], metrics["baseline_decoder_tuned"]
+    saved = fair["bits_per_image"] - ours["bits_per_image"]
+    assert (f"fair comparison is with {BASELINE_TUNED!r}" in card and
+            f"Against it, this model uses {saved} fewer bits per image ({100 * saved / fair['bits_per_image']:.1f}%), "
+            f"at PSNR {ours['psnr'] - fair['psnr']:+.2f} dB and SSIM {ours['ssim'] - fair['ssim']:+.4f}.") in card
+    # stage 3 trained with the L2 loss alone (the demo's perceptual and identity weights are 0)
+    assert re.search(r"^\| 3 \| decoder only, on images \(L2 loss\) \|", card, re.M)
+    assert "perceptual" not in card.split("## Training")[1].split("## How to use")[0].replace("perceptual 0", "")
     # a prepared folder is itself a valid source, and re-preparing it gives the same card
     again = prepare_upload(out, tmp_path / "again", repo_id="org/demo")
     assert (again / "README.md").read_text() == card
+
+
+@pytest.mark.parametrize("weights, what", [
+    ({"l2_weight": 1.0, "perceptual_weight": 0.0, "identity_weight": 0.0}, "L2 loss"),
+    ({"l2_weight": 1.0, "perceptual_weight": 0.1, "identity_weight": 0.0}, "L2 + perceptual losses"),
+    ({"l2_weight": 0.0, "perceptual_weight": 0.0, "identity_weight": 2.0}, "identity loss"),
+    ({"l2_weight": 1.0, "perceptual_weight": 0.5, "identity_weight": 0.25}, "L2 + perceptual + identity losses"),
+    ({}, "losses not recorded"),
+])
+def test_card_names_the_stage3_losses_actually_used(run, weights, what):
+    info = json.loads(json.dumps(RUN_INFO))
+    info["finetune"]["stage3"] = {"steps": 13, "lr": 0.0003, "batch_size": 2, **weights}
+    card = build_model_card(run.dir / "final", run_info=info)
+    assert re.search(rf"^\| 3 \| decoder only, on images \({re.escape(what)}\) \| 13 \|", card, re.M), what
+
+
+def test_card_shows_every_row_of_an_evaluation(run):
+    """Rows beyond the known ones are shown too (under their key), never dropped."""
+    ev = evaluation_of(run.model, images(2))
+    other = {**ev, "num_groups": 1, "codebook_size": 256, "num_tokens": T, "bits_per_image": 512, "psnr": 30.0}
+    card = build_model_card(run.dir / "final", evaluation={"stscq": ev, "baseline": other, "another_reference": other})
+    row = table_value(card, "another_reference").split(" | ")
+    assert row[:4] == ["1", "256", str(T), "512"] and row[5] == "30.00"
+    assert table_value(card, "STSCQ (this model)").split(" | ")[3] == str(bits_per_image(T, K, M))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

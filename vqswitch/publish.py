@@ -16,7 +16,9 @@ The published folder (:func:`prepare_upload`) holds exactly these files:
 
 * ``config.json``, ``model.safetensors``: the swapped model, byte for byte as ``save_swapped`` wrote them;
 * ``entropy_model.safetensors``: the entropy model (:mod:`vqswitch.entropy`), when the model folder has one;
-* ``README.md``: the model card (:func:`build_model_card`), every number computed from the files;
+* ``README.md``: the model card (:func:`build_model_card`), every number computed from the files: every row of
+  the evaluation (for a demo: the baseline, the fair reference "baseline + stage 3" and STSCQ, with the
+  difference to the fair reference spelled out) and the stage-3 losses the run's config gave a weight;
 * ``run.json`` (what the run started from), ``eval.json`` (``vqswitch eval``'s output, or the demo's
   ``metrics.json``) and ``metrics.jsonl`` (the training log), when the run has them, byte for byte. They
   are published as written (``vqswitch finetune`` records only the training data folder's name in ``run.json``).
@@ -57,7 +59,13 @@ _NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"  # as the Hub: "-" and "
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
 _STAGE_WHAT = {1: "M token-shared group codebooks + router, on the frozen encoder's tokens",
                2: "token-specific codebooks (each token's started from its group's) + router",
-               3: "decoder only, on images (L2 + perceptual + identity losses)"}
+               3: "decoder only, on images ({losses})"}
+_STAGE3_LOSSES = (("l2", "L2"), ("perceptual", "perceptual"), ("identity", "identity"))
+# (metrics key, card label) of the demo's table rows, in its order; other rows are shown under their key
+_ROW_LABELS = (("baseline", "baseline VQ (before the swap)"),
+               ("baseline_decoder_tuned", "baseline + stage 3 (same codes, decoder fine-tuned as in stage 3)"),
+               ("stscq", "STSCQ (this model)"))
+_FAIR_REFERENCE = "baseline_decoder_tuned"
 
 
 # ------------------------------------------------------------------------------------------------ small checks
@@ -200,14 +208,47 @@ def _check_entropy_model(path: Path, facts: dict):
     return em
 
 
+def _is_row(value) -> bool:
+    """Whether an evaluation entry is one model's metrics (a dict with bits per image or PSNR)."""
+    return isinstance(value, dict) and ("bits_per_image" in value or "psnr" in value)
+
+
 def _evaluation_rows(evaluation: dict) -> list[tuple[str, dict, bool]]:
-    """(label, metrics, is this model) rows of an evaluation: ``vqswitch eval``'s dict or the demo's metrics."""
+    """(label, metrics, is this model) rows of an evaluation: ``vqswitch eval``'s dict (one row) or the demo's
+    ``metrics.json`` (every model row it holds: the baseline, the baseline with stage 3, STSCQ, in the demo's order,
+    then any other row under its key), so the card never leaves a reference out."""
     if isinstance(evaluation.get("stscq"), dict):  # vqswitch demo's metrics.json
-        rows = [("STSCQ (this model)", evaluation["stscq"], True)]
-        if isinstance(evaluation.get("baseline"), dict):
-            rows.insert(0, ("baseline VQ (before the swap)", evaluation["baseline"], False))
+        known = dict(_ROW_LABELS)
+        rows = [(label, evaluation[key], key == "stscq") for key, label in _ROW_LABELS if _is_row(evaluation.get(key))
+                or key == "stscq"]
+        rows += [(_text(key) or "?", value, False) for key, value in evaluation.items()
+                 if key not in known and _is_row(value)]
         return rows
     return [("STSCQ (this model)", evaluation, True)]
+
+
+def _fair_comparison(evaluation: dict) -> list[str]:
+    """One sentence comparing this model with the demo's fair reference (baseline + stage 3), from the numbers."""
+    ours, fair = evaluation.get("stscq"), evaluation.get(_FAIR_REFERENCE)
+    if not (_is_row(ours) and _is_row(fair)):
+        return []
+    b_ours, b_fair = _int(ours.get("bits_per_image")), _int(fair.get("bits_per_image"))
+    bits = "the same number of bits per image"
+    if b_ours is not None and b_fair and b_ours != b_fair:
+        saved = b_fair - b_ours
+        bits = f"{abs(saved)} {'fewer' if saved > 0 else 'more'} bits per image ({100 * abs(saved) / b_fair:.1f}%)"
+    elif b_ours is None or not b_fair:
+        bits = "an unrecorded number of bits per image"
+    deltas = []
+    for key, name, spec, unit in (("psnr", "PSNR", "+.2f", " dB"), ("ssim", "SSIM", "+.4f", ""),
+                                  ("ids", "IDS", "+.4f", "")):
+        a, b = _num(ours.get(key)), _num(fair.get(key))
+        if a is not None and b is not None:
+            deltas.append(f"{name} {format(a - b, spec)}{unit}")
+    at = (", at " + (", ".join(deltas[:-1]) + " and " if len(deltas) > 1 else "") + deltas[-1]) if deltas else ""
+    return [f"The fair comparison is with {dict(_ROW_LABELS)[_FAIR_REFERENCE]!r}: the same base tokenizer and codes, "
+            "with the decoder fine-tuned exactly as this model's was in stage 3. Against it, this model uses "
+            f"{bits}{at}.", ""]
 
 
 def _check_evaluation(evaluation: dict, facts: dict) -> None:
@@ -301,6 +342,7 @@ def _card_evaluation(evaluation: dict | None, facts: dict) -> list[str]:
                   (str(r["images"]) if _int(r.get("images")) is not None else "n/a") + size]
         table.append("| " + " | ".join(cells) + " |")
     lines += table + [""]
+    lines += _fair_comparison(evaluation)
     config = _dict(evaluation.get("config"))
     if _text(config.get("test_images")):
         lines.append(f"Test images: {_text(config.get('data')) or 'the run'}, {_text(config['test_images'])} "
@@ -312,6 +354,16 @@ def _card_evaluation(evaluation: dict | None, facts: dict) -> list[str]:
                  "IDS (when shown) is the cosine similarity of face embeddings of original and reconstruction; "
                  "codebook use is the mean fraction of each codebook's codes used.")
     return lines
+
+
+def _stage3_losses(stage3: dict) -> str:
+    """The stage-3 losses a run's config gave a weight above 0 ("L2 + perceptual losses"), or "losses not recorded"
+    when it records no weight."""
+    weights = [(label, _num(stage3.get(f"{name}_weight"))) for name, label in _STAGE3_LOSSES]
+    if all(w is None for _, w in weights):
+        return "losses not recorded"
+    used = [label for label, w in weights if w]
+    return " + ".join(used) + (" loss" if len(used) == 1 else " losses") if used else "no loss with a weight above 0"
 
 
 def _card_training(run_info: dict, log: list[dict]) -> list[str]:
@@ -335,10 +387,11 @@ def _card_training(run_info: dict, log: list[dict]) -> list[str]:
               "| stage | trains | steps | lr | batch size | last logged loss |", "|---|---|---|---|---|---|"]
     for s in stages:
         cfg, rec = _dict(finetune.get(f"stage{s}")), last.get(s, {})
+        what = _STAGE_WHAT[s].format(losses=_stage3_losses(cfg))
         steps = _int(cfg.get("steps"))
         steps = steps if steps is not None else _int(rec.get("step"))
         loss = _fmt(rec.get("loss"), ".4g", "not logged")
-        lines.append(f"| {s} | {_STAGE_WHAT[s]} | {'n/a' if steps is None else steps} | {_fmt(cfg.get('lr'), 'g')} | "
+        lines.append(f"| {s} | {what} | {'n/a' if steps is None else steps} | {_fmt(cfg.get('lr'), 'g')} | "
                      f"{_int(cfg.get('batch_size')) or 'n/a'} | {loss} |")
     stage3, losses = _dict(finetune.get("stage3")), _dict(run_info.get("losses"))
     if 3 in stages and stage3:
@@ -369,7 +422,7 @@ def _card_usage(facts: dict, repo_id: str | None) -> list[str]:
         "", "From the command line:", "",
         "```bash",
         f"vqswitch compress IMAGES --model {repo} -o out.vqs",
-        "vqswitch decompress out.vqs -o DIR",
+        f"vqswitch decompress out.vqs -o DIR --model {repo}",
         "```",
     ]
 
