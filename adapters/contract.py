@@ -132,8 +132,10 @@ class QuantizerShim(nn.Module):
         self.check_token_count(z.shape[2] * z.shape[3], tuple(z.shape[2:]))
 
     def check_token_count(self, count: int, grid: tuple[int, ...]) -> None:
-        """Raise ValueError when a latent grid gives another token count than the quantizer's T."""
-        if count != self.quantizer.num_tokens:
+        """Raise ValueError when a latent grid gives another token count than the quantizer's T and the
+        quantizer is token-specific (tied to its grid: one codebook per position). A token-shared
+        quantizer takes grids of any size, as the upstream convolutional tokenizers do."""
+        if count != self.quantizer.num_tokens and (self.quantizer.token_specific or count < 1):
             raise ValueError(f"the latent grid {'x'.join(map(str, grid))} gives {count} tokens per image, but the "
                              f"quantizer was built for T={self.quantizer.num_tokens} (images of another size? build the "
                              "quantizer with quantizer_from_model(..., image_size=(H, W)))")
@@ -169,7 +171,8 @@ class Adapter:
         pixel_range: (lo, hi), the pixel range the model's images use.
         shim_class: the :class:`QuantizerShim` subclass that replaces ``model.quantize``.
         fixed_tokens: whether T is fixed by the architecture (TiTok) rather than by the image size
-            (convolutional tokenizers: then the shim checks T per call).
+            (convolutional tokenizers: then a token-shared quantizer takes grids of any size, as upstream
+            does, and a token-specific one, tied to one grid, refuses another size per call).
     """
 
     name: ClassVar[str] = ""
@@ -257,7 +260,9 @@ class Adapter:
         raise NotImplementedError
 
     def decode_tokens(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot."""
+        """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot.
+        Adapters whose T follows the image size (:class:`GridAdapter`) also take ``image_size=(H, W)``,
+        which names the grid of T tokens when it is not the configured one (see :meth:`GridAdapter.grid`)."""
         raise NotImplementedError
 
     def decoder_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -309,17 +314,25 @@ class GridAdapter(Adapter):
             raise ValueError(f"image size {H}x{W} must be divisible by the model's downsampling factor {f}")
         return (H // f) * (W // f)
 
-    def grid(self, model: nn.Module, T: int) -> tuple[int, int]:
-        """(h, w) of a grid of T tokens: the configured image size's grid when it has T tokens, else square.
-        Raises ValueError when neither fits."""
-        H, W = self.image_size(model)
+    def grid(self, model: nn.Module, T: int, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h, w) of a grid of T tokens: that of ``image_size`` (H, W) when given, else the configured image
+        size's grid when it has T tokens, else square. Raises ValueError when ``image_size`` gives another
+        token count, or, without it, when neither fits (a non-square grid of another size: pass image_size)."""
         f = self.down_factor(model)
+        if image_size is not None:
+            H, W = image_size
+            if H % f or W % f or (H // f) * (W // f) != T:
+                raise ValueError(f"image_size {H}x{W} gives a {H // f}x{W // f} latent grid (downsampling {f}), not "
+                                 f"the codes' {T} tokens per image")
+            return H // f, W // f
+        H, W = self.image_size(model)
         if (H // f) * (W // f) == T:
             return H // f, W // f
         side = math.isqrt(T)
         if side * side == T:
             return side, side
-        raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is configured for {H}x{W} images)")
+        raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is configured for {H}x{W} images): "
+                         "pass image_size=(H, W), the size of the images the codes came from")
 
     @staticmethod
     def grid_to_tokens(h: torch.Tensor) -> torch.Tensor:
@@ -327,10 +340,12 @@ class GridAdapter(Adapter):
         B, D = h.shape[:2]
         return h.permute(0, 2, 3, 1).reshape(B, -1, D)
 
-    def tokens_to_grid(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, D, h, w) contiguous, the inverse of :meth:`grid_to_tokens`."""
+    def tokens_to_grid(self, model: nn.Module, tokens: torch.Tensor,
+                       image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, D, h, w) contiguous, the inverse of :meth:`grid_to_tokens`; (h, w) from
+        :meth:`grid` (``image_size`` names it for grids of another size than the configured one)."""
         B, T, D = tokens.shape
-        h, w = self.grid(model, T)
+        h, w = self.grid(model, T, image_size)
         return tokens.reshape(B, h, w, D).permute(0, 3, 1, 2).contiguous()
 
 

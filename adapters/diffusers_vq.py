@@ -46,7 +46,7 @@ class VQModelQuantizerShim(QuantizerShim):
 
         indices: int64 flat ids, (B*h*w,) or (B, h, w) with ``sane_index_shape``.
         Raises TypeError/ValueError for a non-4-D or non-float z, a wrong C, or a grid of another
-        token count than the quantizer's T.
+        token count than a token-specific quantizer's T (token-shared: any grid size).
         """
         self.check_grid(z, layout="(B, C, h, w)", channel="C")
         B, C, h, w = z.shape
@@ -120,8 +120,8 @@ class DiffusersVQAdapter(GridAdapter):
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.encode(images).latents)  # quant_conv output, unquantized
 
-    def decode_tokens(self, model, tokens):
-        quant = self.tokens_to_grid(model, tokens)
+    def decode_tokens(self, model, tokens, image_size=None):
+        quant = self.tokens_to_grid(model, tokens, image_size)
         # what VQModel.decode does after quantizing (upstream fact): post_quant_conv, then the decoder,
         # which spatial-norm (MoVQ) models also condition on the quantized latents
         spatial = _config(model).get("norm_type", "group") == "spatial"

@@ -81,7 +81,7 @@ class IBQQuantizerShim(QuantizerShim):
         """z: (B, D, h, w) float -> (z_q (B, D, h, w), loss, (None, None, indices (B*h*w,) int64 flat ids)).
 
         ``temp``, ``rescale_logits`` and ``return_logits`` are accepted and ignored, as upstream.
-        Raises TypeError/ValueError for a non-4-D or non-float z, a wrong D, or h*w != T.
+        Raises TypeError/ValueError for a non-4-D or non-float z, a wrong D, or h*w != T with a token-specific quantizer (token-shared: any grid size).
         """
         from .models.ibq import entropy_terms
 
@@ -169,8 +169,8 @@ class IBQAdapter(GridAdapter):
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.quant_conv(model.encoder(images)))  # unquantized
 
-    def decode_tokens(self, model, tokens):
-        return model.decoder(model.post_quant_conv(self.tokens_to_grid(model, tokens)))
+    def decode_tokens(self, model, tokens, image_size=None):
+        return model.decoder(model.post_quant_conv(self.tokens_to_grid(model, tokens, image_size)))
 
     def decoder_modules(self, model) -> list[nn.Module]:
         return [model.post_quant_conv, model.decoder]

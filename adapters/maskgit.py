@@ -48,7 +48,7 @@ class MaskGitQuantizerShim(QuantizerShim):
         """hidden_states: (B, C, h, w) float -> (z_q (B, C, h, w), indices (B, h*w) int64 flat ids, loss or None).
 
         Raises TypeError/ValueError for a non-4-D or non-float input, a wrong C, or a grid of
-        another token count than the quantizer's T.
+        another token count than a token-specific quantizer's T (token-shared: any grid size).
         """
         h = self._tokens(hidden_states)
         B, hh, ww, C = h.shape
@@ -134,8 +134,8 @@ class MaskGitAdapter(GridAdapter):
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.encoder(images))  # there is no quant_conv
 
-    def decode_tokens(self, model, tokens):
-        return model.decoder(self.tokens_to_grid(model, tokens))
+    def decode_tokens(self, model, tokens, image_size=None):
+        return model.decoder(self.tokens_to_grid(model, tokens, image_size))
 
     def decoder_modules(self, model) -> list[nn.Module]:
         return [model.decoder]

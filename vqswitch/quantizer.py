@@ -139,6 +139,16 @@ class SwitchableTokenQuantizer(
         memory_budget: bytes of temporary memory the search may hold at once.
     Raises:
         TypeError / ValueError naming the argument for a wrong type, value or choice.
+
+    Token counts: a token-specific quantizer has one codebook per position and is tied to T (another T
+    is a ValueError). A token-shared one (``token_specific=False``) has no reason to care about T, so
+    ``forward``, ``encode``, ``decode``, ``lookup``, ``init_from_latents`` and ``revive_dead_codes``
+    take any T' >= 1 (a convolutional tokenizer fed images of another size, non-square included): codes
+    are searched in the same group codebooks, and :class:`~vqswitch.codes.Codes` record T'. The router's
+    position weights are sized for T, so at T' != T each image's group is the one of least error
+    ("nearest") whatever the selection settings, the router losses are 0 and ``router_probs`` is None.
+    ``num_tokens``, ``bits_per_image`` and ``bpp`` describe T; codes of T' cost their own
+    ``Codes.bits_per_image``.
     """
 
     def __init__(
@@ -244,8 +254,10 @@ class SwitchableTokenQuantizer(
                              "(from_pretrained, load_state_dict(..., assign=True), or to_empty() and an initialisation)")
         if z.dim() != 3:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
-        if z.shape[1] != self.num_tokens or z.shape[2] != self.dim:
-            raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
+        if (self.token_specific and z.shape[1] != self.num_tokens) or z.shape[2] != self.dim or z.shape[1] < 1:
+            raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}"
+                             + (" (a token-specific quantizer has one codebook per position: it is tied to T)"
+                                if self.token_specific and z.shape[2] == self.dim else ""))
         if finite and self.check_finite and z.numel() and not all_finite(z, self.memory_budget):
             raise ValueError("z contains NaN or Inf values")
         return z
@@ -274,7 +286,7 @@ class SwitchableTokenQuantizer(
             if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
             _check_not_meta(name, t)
-        if indices.dim() != 2 or indices.shape[1] != self.num_tokens:
+        if indices.dim() != 2 or (self.token_specific and indices.shape[1] != self.num_tokens):
             raise ValueError(f"indices must have shape (B, T={self.num_tokens}), got {tuple(indices.shape)}")
         if groups.shape not in (indices.shape[:1], indices.shape):
             raise ValueError(f"groups must have shape (B,) or (B, T) = {tuple(indices.shape)}, got {tuple(groups.shape)}")
@@ -302,22 +314,26 @@ class SwitchableTokenQuantizer(
 
         Group selection follows ``train_selection`` in training mode and ``inference_selection`` in
         eval mode. In training, code and group counts are accumulated (summed over DDP ranks).
+        A token-shared quantizer takes z of any T (see the class docstring).
         Raises TypeError/ValueError for a non-tensor, non-float, wrong-shape, or non-finite z.
         """
         z = self._check_z(z, finite=False)
         B = z.shape[0]
         selection = self.train_selection if self.training else self.inference_selection
         sync = self.training and world_size() > 1  # batch means over every rank's images (see router_losses)
-        probs = self.router(z.detach()) if self.router is not None and (B or sync) else None
-        need_errors = self.training and self.router is not None and self.quality_weight > 0
+        if z.shape[1] != self.num_tokens:  # token-shared at another T: the router is sized for T (see class docs)
+            selection = "nearest"
+        router = self.router if z.shape[1] == self.num_tokens else None
+        probs = router(z.detach()) if router is not None and (B or sync) else None
+        need_errors = self.training and router is not None and self.quality_weight > 0
         # No torch.no_grad() around the search: its inputs are detached and its ops have no autograd, and
         # an exception raised inside a no_grad block of a compiled graph would leave grad mode off.
         if B:
             groups, indices, distances, errors = self._select(z.detach(), selection, probs, need_errors)
         else:
             groups = torch.zeros(0, dtype=torch.long, device=z.device)
-            indices = torch.zeros(0, self.num_tokens, dtype=torch.long, device=z.device)
-            distances = torch.zeros(0, self.num_tokens, device=z.device)
+            indices = torch.zeros(0, z.shape[1], dtype=torch.long, device=z.device)
+            distances = torch.zeros(0, z.shape[1], device=z.device)
             errors = None
         q = self._lookup(groups, indices)
         zq = F.normalize(z, dim=-1) if self.metric == "cosine" else z
@@ -352,7 +368,7 @@ class SwitchableTokenQuantizer(
 
     @torch.no_grad()
     def _count(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
-        all_indices = gather_variable(indices.reshape(-1)).view(-1, self.num_tokens)  # every rank's images
+        all_indices = gather_variable(indices.reshape(-1)).view(-1, indices.shape[1])  # every rank's images
         add_code_counts(self.usage, self.group_counts, gather_variable(groups), all_indices)
 
     # ------------------------------------------------------------------ codes
@@ -361,26 +377,28 @@ class SwitchableTokenQuantizer(
         z = self._check_z(z, finite=False).detach()
         if z.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.long, device=z.device)
-            return Codes(empty, empty.view(0, 1).expand(0, self.num_tokens), self.codebook_size, self.num_groups)
+            return Codes(empty, empty.view(0, 1).expand(0, z.shape[1]), self.codebook_size, self.num_groups)
         probs = None
-        if self.inference_selection == "router":
+        selection = self.inference_selection if z.shape[1] == self.num_tokens else "nearest"
+        if selection == "router":
             with torch.no_grad():  # nothing in here raises on bad data; the search below does
                 probs = self.router(z)
-        groups, indices, _, _ = self._select(z, self.inference_selection, probs, need_errors=False)
+        groups, indices, _, _ = self._select(z, selection, probs, need_errors=False)
         return Codes(groups, indices, codebook_size=self.codebook_size, num_groups=self.num_groups)
 
     def decode(self, codes: Codes) -> torch.Tensor:
         """:class:`Codes` -> quantized tokens (B, T, D) in the codebooks' dtype (normalised for "cosine").
 
         Equal in value to ``forward(z).quantized`` for ``codes = encode(z)`` in eval mode.
-        Raises TypeError for a non-Codes argument, ValueError when its T, K or M differ from this
-        quantizer's (index ranges are checked by Codes itself).
+        Raises TypeError for a non-Codes argument, ValueError when its K or M differ from this
+        quantizer's, or its T when token-specific (index ranges are checked by Codes itself). A
+        token-shared quantizer decodes codes of any T (see the class docstring).
         """
         if not isinstance(codes, Codes):
             raise TypeError(f"codes must be a vqswitch.Codes, got {type(codes).__name__}")
         want = (self.num_tokens, self.codebook_size, self.num_groups)
         got = (codes.num_tokens, codes.codebook_size, codes.num_groups)
-        if got != want:
+        if got[1:] != want[1:] or (self.token_specific and got[0] != want[0]):
             raise ValueError(f"codes were made for (T, K, M)={got} but this quantizer has (T, K, M)={want}")
         dev = self.codebooks.device
         q = self._lookup(codes.groups.to(dev), codes.indices.to(dev))
@@ -491,7 +509,7 @@ class SwitchableTokenQuantizer(
         src = F.normalize(src, dim=-1) if self.metric == "cosine" else src
         m_idx, t_idx, k_idx = dead.nonzero(as_tuple=True)
         img = torch.randint(0, z.shape[0], (n,), generator=gen, device=z.device)
-        tok = t_idx if self.token_specific else torch.randint(0, self.num_tokens, (n,), generator=gen, device=z.device)
+        tok = t_idx if self.token_specific else torch.randint(0, z.shape[1], (n,), generator=gen, device=z.device)
         rows = src[img, tok.to(z.device)]
         rows = rows + 0.01 * rows.std().nan_to_num(1.0) * torch.randn(rows.shape, generator=gen, device=z.device)
         self.codebooks[m_idx, t_idx, k_idx] = rows.to(self.codebooks.device)
