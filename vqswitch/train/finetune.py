@@ -43,7 +43,11 @@ from vqswitch.distributed import average_gradients, rank, world_size
 from .latents import LatentCache
 from .losses import ReconstructionLoss
 
-__all__ = ["StageConfig", "FinetuneConfig", "Finetuner", "TrainingDiverged", "finetune"]
+__all__ = ["StageConfig", "FinetuneConfig", "Finetuner", "TrainingDiverged", "finetune", "DISPLAY_KEYS",
+           "config_differences"]
+
+# FinetuneConfig fields that only change what is shown, never what is trained: a resumed run may change them.
+DISPLAY_KEYS = ("progress",)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -117,6 +121,21 @@ class FinetuneConfig:
         return cls(**d)
 
 
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """The settings two ``FinetuneConfig.to_dict()`` dicts disagree on, display keys (:data:`DISPLAY_KEYS`) left
+    out, as ``"key: saved -> now"`` strings with dotted keys for stage settings (``"stage3.lr: 0.001 -> 0.5"``)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key in DISPLAY_KEYS:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(f"{key}.{d}" for d in config_differences(a, b))
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
 def _as_dataset(data):
     """A map-style view of ``data``: a (N, C, H, W) tensor, a Dataset (len + getitem), or an iterable of
     (C, H, W) / (B, C, H, W) tensors (gathered into memory once)."""
@@ -155,15 +174,20 @@ class Finetuner:
         run_dir: where checkpoints, metrics and the latent cache go.
         perceptual, identity: image -> feature loss modules for stage 3
             (:mod:`vqswitch.train.losses`), weighted by the stage-3 weights.
-        resume: continue from ``run_dir/checkpoints/latest`` (the model's weights come from there).
+        resume: continue from ``run_dir/checkpoints/latest`` (the model's weights come from there); the
+            config must equal the saved one except for display settings (:data:`DISPLAY_KEYS`).
         callback: called as ``callback(finetuner, stage, step, metrics)`` after every step.
-    Raises: TypeError/ValueError for an unswapped model, bad data, a bad config, or stage 1 on a
-        token-specific quantizer.
+        device: where the model trains (default: where its parameters are).
+        autocast_dtype: None (fp32 throughout), ``torch.bfloat16`` or ``torch.float16``: mixed precision for
+            stage 3's decoder (``torch.autocast`` on ``device``; float16 adds a gradient scaler). The encoder, the
+            quantizer's code search and stages 1 and 2 stay in float32, so codes never depend on it.
+    Raises: TypeError/ValueError for an unswapped model, bad data, a bad config, an autocast dtype other than
+        the two, or stage 1 on a token-specific quantizer; ValueError on resume naming the settings that differ.
     """
 
     def __init__(self, model: nn.Module, data, run_dir, config: FinetuneConfig | None = None, *,
                  perceptual: nn.Module | None = None, identity: nn.Module | None = None, resume: bool = False,
-                 callback=None, device: str | torch.device | None = None):
+                 callback=None, device: str | torch.device | None = None, autocast_dtype: torch.dtype | None = None):
         from vqswitch.adapters import adapter_for, swapped_quantizer
 
         self.config = config or FinetuneConfig()
@@ -172,7 +196,15 @@ class Finetuner:
         self.config.check()
         self.adapter = adapter_for(model)
         swapped_quantizer(model)  # raises for an unswapped model
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
+        self.autocast_dtype = autocast_dtype
+        if device is not None:
+            from vqswitch.device import check_device
+
+            self.device = check_device(device)
+        else:
+            self.device = next(model.parameters()).device
         self.model = model.to(self.device)
         self.data = _as_dataset(data)
         self.run_dir = Path(run_dir)
@@ -247,9 +279,10 @@ class Finetuner:
         folder = root / (root / "latest").read_text().strip()
         state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
         saved = FinetuneConfig.from_dict(json.loads(state["config"]))
-        if saved.to_dict() != self.config.to_dict():
-            raise ValueError(f"resume needs the same configuration the run started with; {str(folder)!r} was made "
-                             f"with {saved.to_dict()}")
+        differ = config_differences(saved.to_dict(), self.config.to_dict())
+        if differ:
+            raise ValueError(f"resume needs the settings the run started with; these differ from {str(folder)!r} "
+                             f"(saved -> now): {'; '.join(differ)}")
         self.model = load_swapped(folder / "model", map_location=self.device)
         self.stage_index, self.step = int(state["stage_index"]), int(state["step"])
         self._pending_optimizer_state = state["optimizer"]
@@ -389,10 +422,14 @@ class Finetuner:
                      "router_quality": out.router_quality_loss}
             return out.loss, parts
         x = _images(self.data, idx).to(self.device)
-        with torch.no_grad():
-            z = self._encode(x)
+        with torch.no_grad():  # the encoder is frozen in every stage: stage 3 reads the same cached tokens
+            z = cache.batch(idx).to(self.device) if cache is not None else self._encode(x)
             tokens = self.quantizer.decode(self.quantizer.encode(z)).to(x.dtype)
-        recon = self.adapter.decode_tokens(self.model, tokens)
+        if self.autocast_dtype is None:
+            recon = self.adapter.decode_tokens(self.model, tokens)
+        else:  # mixed precision for the decoder only; the loss is computed in float32
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                recon = self.adapter.decode_tokens(self.model, tokens)
         result = self.recon_loss(x, recon)
         return result["loss"], {k: v for k, v in result.items() if k != "loss"}
 
@@ -419,8 +456,10 @@ class Finetuner:
             if self._pending_optimizer_state is not None:
                 self.optimizer.load_state_dict(self._pending_optimizer_state)
                 self._pending_optimizer_state = None
-            if stage in (1, 2) and cache is None:
-                cache = self._latent_cache()
+            if cache is None and (stage in (1, 2) or cfg.steps * cfg.batch_size >= len(self.data)):
+                cache = self._latent_cache()  # stage 3 too reads it, once it would encode the data at least once
+            scaler = torch.amp.GradScaler(self.device.type) \
+                if stage == 3 and self.autocast_dtype == torch.float16 else None
             H, W = tuple(_images(self.data, [0]).shape[-2:])
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"stage {stage}",
                        disable=not (self.config.progress and self.is_main))
@@ -434,9 +473,15 @@ class Finetuner:
                                            f"stopped before updating the weights. Last good checkpoint: "
                                            f"{str(where) if where else 'none yet'}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(params)
-                self.optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    average_gradients(params)
+                    self.optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    average_gradients(params)
+                    scaler.step(self.optimizer)
+                    scaler.update()
                 self.step += 1
                 record = {"stage": stage, "step": self.step, "loss": float(loss.detach()),
                           **{k: float(v.detach()) for k, v in parts.items()},
