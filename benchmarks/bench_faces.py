@@ -84,13 +84,13 @@ class FaceConfig:
     test_fraction: float = 0.2
     max_identities: int | None = None
     max_train_images: int | None = None
-    max_test_images: int | None = 600
+    max_test_images: int | None = 500
     pairs: int = 600
     folds: int = 10
     init_images: int = 1024
-    stage1_steps: int = 300
-    stage2_steps: int = 300
-    stage3_steps: int = 200
+    stage1_steps: int = 150
+    stage2_steps: int = 150
+    stage3_steps: int = 150
     batch_size: int = 32
     stage12_lr: float = 1e-3
     stage3_lr: float = 2e-4
@@ -298,7 +298,7 @@ def evaluate_set(model, face_set: FaceSet, emb_orig: torch.Tensor, pixel_range, 
     out = {"psnr": float(p.mean()), "psnr_per_image": [float(v) for v in p.tolist()],
            "ssim": float(ssim(face_set.images, recon, 1.0)),
            "group_counts": torch.bincount(groups, minlength=1).tolist()}
-    out.update(identity_metrics(emb_orig, embed_fn(recon), face_set))
+    out.update(identity_metrics(emb_orig, embed_fn(recon, f"embedding reconstructions: {face_set.name}"), face_set))
     return out, recon
 
 
@@ -388,8 +388,8 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
     workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
     embedder = DlibFaceEmbedder(pixel_range=(0.0, 1.0), workers=workers)  # dlib holds the GIL: processes
 
-    def embed_fn(images):
-        return embed_images(embedder, images, progress=False).double()
+    def embed_fn(images, desc="embedding faces (dlib)"):
+        return embed_images(embedder, images, batch_size=128, progress=progress, desc=desc).double()
 
     # 1. data
     test_set, train, split_info = load_split(data, config, seed)
@@ -408,7 +408,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
     emb = {}
     set_info = []
     for s in sets:
-        emb[s.name] = embed_fn(s.images)
+        emb[s.name] = embed_fn(s.images, f"embedding originals: {s.name}")
         ceiling = identity_metrics(emb[s.name], emb[s.name], s)
         set_info.append({"name": s.name, "images": int(s.images.shape[0]), "pairs": int(s.same.numel()),
                          "folds": s.folds,
