@@ -22,8 +22,12 @@ put back), and truncates ``metrics.jsonl`` to the checkpoint's (stage, step), so
 optimizer step; the last good checkpoint stays the latest.
 
 Under ``torchrun`` / ``accelerate launch`` (torch.distributed initialised), each rank takes its share
-of every batch, gradients are averaged over ranks, router batch statistics and usage counts are
-reduced by the quantizer itself, and only rank 0 writes files.
+of every batch (a batch need not be a multiple of the world size, but must give every rank an image),
+gradients are averaged over ranks, router batch statistics and usage counts are reduced by the
+quantizer itself, and only rank 0 writes files. Every loss is a sum over the global batch divided by
+its size (the quantizer's and router's through :func:`vqswitch.distributed.global_ratio`, stage 3's
+by weighting each rank's mean by its share), so a 3 + 2 split of 5 images trains the model one
+process trains on the same 5 images.
 """
 from __future__ import annotations
 
@@ -207,6 +211,11 @@ class Finetuner:
             self.device = next(model.parameters()).device
         self.model = model.to(self.device)
         self.data = _as_dataset(data)
+        for s in self.config.stages:  # every rank needs an image of every batch (the losses are global means)
+            if min(self.config.stage(s).batch_size, len(self.data)) < world_size():
+                raise ValueError(f"stage{s}.batch_size={self.config.stage(s).batch_size} (with {len(self.data)} images) "
+                                 f"gives some of the {world_size()} ranks no image; use a batch of at least "
+                                 f"{world_size()} images")
         self.run_dir = Path(run_dir)
         s3 = self.config.stage3
         self.recon_loss = ReconstructionLoss(l2_weight=s3.l2_weight, perceptual=perceptual,
@@ -433,6 +442,20 @@ class Finetuner:
         result = self.recon_loss(x, recon)
         return result["loss"], {k: v for k, v in result.items() if k != "loss"}
 
+    @staticmethod
+    def _global_batch_loss(loss: torch.Tensor, parts: dict, local: int, total: int) -> tuple[torch.Tensor, dict]:
+        """Stage 3 under DDP: this rank's mean loss over its ``local`` images -> (a loss whose gradient,
+        averaged over ranks, is that of the mean over all ``total`` images of the global batch; the
+        parts as global means). The returned loss's value is the global mean (the same on every rank,
+        so a NaN on any rank stops every rank); its gradient is this rank's share scaled by
+        world_size * local / total."""
+        weight = local / total
+        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in parts.values()]) * weight
+        torch.distributed.all_reduce(values)
+        scaled = loss * (weight * world_size())
+        loss = scaled + (values[0] - scaled.detach())  # value: the global mean; gradient: the scaled share
+        return loss, dict(zip(parts, values[1:]))
+
     def run(self) -> nn.Module:
         """Run the remaining stages; returns the fine-tuned swapped model (also ``self.model``).
 
@@ -466,6 +489,8 @@ class Finetuner:
             while self.step < cfg.steps:
                 idx = self._batch_indices(stage, self.step, cfg.batch_size)
                 loss, parts = self._stage_loss(stage, idx, cache)
+                if stage == 3 and world_size() > 1:
+                    loss, parts = self._global_batch_loss(loss, parts, len(idx), min(cfg.batch_size, len(self.data)))
                 if not torch.isfinite(loss.detach()).all():
                     latest = self.run_dir / "checkpoints" / "latest"
                     where = (self.run_dir / "checkpoints" / latest.read_text().strip()) if latest.is_file() else None
