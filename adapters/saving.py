@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -36,10 +37,51 @@ from .swap import swapped_quantizer
 
 __all__ = ["save_swapped", "load_swapped", "load_pretrained", "detect_family", "guard_native_saving",
            "unguard_native_saving", "SwappedSaveError",
-           "NATIVE_SAVE_METHODS", "FORMAT", "FORMAT_VERSION"]
+           "NATIVE_SAVE_METHODS", "is_repo_id", "shareable_source", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "vqswitch-swapped", 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+# ------------------------------------------------------------------------------------------------ sources
+_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"  # as the Hub: "-" and "." never first or last
+_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
+_SNAPSHOT = re.compile(rf"models--({_NAME})--({_NAME})")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_repo_id(text) -> bool:
+    """Whether ``text`` is a Hub model id ``"org/name"``: ASCII letters, digits, ``-``, ``_``, ``.`` (``-`` and ``.``
+    neither first nor last, no ``--`` or ``..``), a name of at most 96 characters. Says nothing of whether a local
+    path of that spelling exists (see :func:`shareable_source`)."""
+    return (isinstance(text, str) and bool(_REPO_ID.fullmatch(text)) and "--" not in text and ".." not in text
+            and len(text.split("/")[-1]) <= 96)
+
+
+def shareable_source(dir_or_repo, revision: str | None = None) -> tuple[str | None, str | None]:
+    """Where a model came from, as it may be written into files that others read: ``(repo_id, revision)``.
+
+    * an existing local path: ``(None, None)`` -- a local path means nothing on another machine, breaks when the
+      working folder changes, and shows the machine's layout -- except the root of a Hub cache snapshot
+      (``.../models--ORG--NAME/snapshots/<commit>``), which is ``("ORG/NAME", commit)``;
+    * a Hub id ``"org/name"`` (:func:`is_repo_id`) that is not a local path: ``(repo_id, revision)``;
+    * anything else: ``(None, None)``.
+    ``revision`` must be None or a str. Raises nothing else.
+    """
+    text = os.fspath(dir_or_repo) if isinstance(dir_or_repo, (str, os.PathLike)) else None
+    if not text:
+        return None, None
+    path = Path(text)
+    if path.exists():
+        parts = path.resolve().parts
+        if len(parts) >= 3 and parts[-2] == "snapshots" and _COMMIT.fullmatch(parts[-1]):
+            match = _SNAPSHOT.fullmatch(parts[-3])
+            if match and is_repo_id(f"{match[1]}/{match[2]}"):
+                return f"{match[1]}/{match[2]}", parts[-1]
+        return None, None
+    if is_repo_id(text):
+        return text, revision
+    return None, None
 
 
 # ------------------------------------------------------------------------------------------------ native methods
@@ -317,20 +359,29 @@ def detect_family(repo_id_or_path, *, subfolder: str | None = None, revision: st
                      f"{sorted(adapters())}")
 
 
-def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str | None = None, **kwargs) -> nn.Module:
+def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str | None = None,
+                    device: str | torch.device | None = None, **kwargs) -> nn.Module:
     """Load an upstream public checkpoint into the right model, in eval mode.
 
     Args:
         repo_id_or_path: a local file or folder, or a Hub repo id.
         adapter: the family: ``"diffusers-vqmodel"``, ``"maskgit-vqgan"``, ``"titok"`` or ``"ibq"``
             (see ``vqswitch.adapters.adapters()``); None detects it from the files (:func:`detect_family`).
+        device: where the model's weights go (``"cuda"``, ``"cuda:1"``, ``"cpu"``, ``"meta"``...); None keeps
+            the family loader's choice (the CPU). Checked before anything loads.
         kwargs: the family's options (``subfolder``, ``filename``, ``revision``, ``cache_dir``...).
-    Raises: ValueError for an unknown or undetectable family, and each family's errors for missing
-        files or keys.
+    Raises: ValueError for an unknown or undetectable family, for a device torch does not know or this
+        machine lacks (CUDA asked for without one: never a silent CPU fallback), and each family's errors
+        for missing files or keys.
     """
+    if device is not None:
+        from vqswitch.device import check_device
+
+        device = check_device(device)
     if adapter is None:
         adapter = detect_family(repo_id_or_path, subfolder=kwargs.get("subfolder"), revision=kwargs.get("revision"),
                                 cache_dir=kwargs.get("cache_dir"))
     if not isinstance(adapter, str):
         raise TypeError(f"adapter must be a family name, one of {sorted(adapters())}")
-    return adapter_named(adapter).load_pretrained(repo_id_or_path, **kwargs)
+    model = adapter_named(adapter).load_pretrained(repo_id_or_path, **kwargs)
+    return model if device is None else model.to(device)

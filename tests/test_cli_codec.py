@@ -64,7 +64,7 @@ def test_compress_then_decompress(model_dir, faces, tmp_path, capsys, mode):
     assert report["mode"] == ("entropy" if mode == "auto" else mode)  # auto: entropy coding is the smaller here
     assert report["total_bytes"] == out.stat().st_size
     assert report["entropy_bits_per_image"] < fixed  # skewed statistics: entropy coding saves bits
-    assert main(["decompress", str(out), "-o", str(tmp_path / "png"), "--no-progress", "--trust-file-model"]) == 0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "png"), "--no-progress", "--model", str(model_dir)]) == 0
     written = sorted((tmp_path / "png").glob("*.png"))
     assert [p.name for p in written] == [p.name for p in faces]
     from vqswitch.adapters import load_swapped
@@ -115,37 +115,60 @@ def test_push_is_dispatched_to_publish(model_dir, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def _lying_model(model_dir, tmp_path, faces, k: int, m: int):
-    """A copy of the model whose config.json asks for K codes in M groups (its weights unchanged), and a .vqs
-    file compressed with the honest copy that names it."""
-    import shutil
+def _cached_repo(model_dir, cache, repo_id="org/cli-codec"):
+    """The model as a Hub repo in the offline cache (what a file can name: never a local folder)."""
+    from hubcache import make_cached_repo
 
-    folder = tmp_path / "lying"
-    shutil.copytree(model_dir, folder)
+    return make_cached_repo(cache, repo_id, model_dir, files=["config.json", "model.safetensors",
+                                                             "entropy_model.safetensors"])
+
+
+def _lying_model(model_dir, cache, tmp_path, faces, k: int, m: int):
+    """A Hub repo (in the offline cache) of the model whose config.json asks for K codes in M groups (its weights
+    unchanged), and a .vqs file compressed with the honest version that names it."""
+    folder = _cached_repo(model_dir, cache, "org/lying")
     vqs = tmp_path / "x.vqs"
-    assert main(["compress", str(faces[0]), "--model", str(folder), "-o", str(vqs), "--no-progress"]) == 0
+    assert main(["compress", str(faces[0]), "--model", "org/lying", "-o", str(vqs), "--no-progress"]) == 0
     cfg = json.loads((folder / "config.json").read_text())
     cfg["quantizer"].update(codebook_size=k, num_groups=m)
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder, vqs
 
 
-def test_decompress_loads_the_model_a_file_names_only_when_trusted(model_dir, faces, tmp_path, capsys):
+def test_decompress_loads_the_model_a_file_names_only_when_trusted(model_dir, faces, tmp_path, capsys,
+                                                                   offline_cache):
+    _cached_repo(model_dir, offline_cache)
     vqs = tmp_path / "x.vqs"
-    assert main(["compress", str(faces[0]), "--model", str(model_dir), "-o", str(vqs), "--no-progress"]) == 0
+    assert main(["compress", str(faces[0]), "--model", "org/cli-codec", "-o", str(vqs), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "--trust-file-model" in err and "--model" in err and str(model_dir) in err
+    assert "--trust-file-model" in err and "--model" in err and "'org/cli-codec'" in err
     assert not (tmp_path / "o").exists()
     assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--trust-file-model"]) == 0
 
 
-def test_a_config_asking_for_more_than_its_weights_hold_fails_before_building(model_dir, faces, tmp_path, capsys):
+def test_a_file_made_from_a_local_folder_names_no_path(model_dir, faces, tmp_path, capsys, monkeypatch):
+    """A relative --model works, the file records no local path, and decoding it (from another folder) needs
+    --model, which the error says."""
+    monkeypatch.chdir(model_dir.parent)
+    vqs = tmp_path / "x.vqs"
+    assert main(["compress", str(faces[0]), "--model", model_dir.name, "-o", str(vqs), "--no-progress"]) == 0
+    assert str(model_dir.parent).encode() not in vqs.read_bytes() and model_dir.name.encode() not in vqs.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["decompress", str(vqs), "-o", "o", "--no-progress", "--trust-file-model"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("vqswitch: error:") and "--model" in err and "codec_model=" not in err
+    assert main(["decompress", str(vqs), "-o", "o", "--no-progress", "--model", str(model_dir)]) == 0
+
+
+def test_a_config_asking_for_more_than_its_weights_hold_fails_before_building(model_dir, faces, tmp_path, capsys,
+                                                                            offline_cache):
     import resource
     import time
 
-    folder, vqs = _lying_model(model_dir, tmp_path, faces, k=65536, m=8)  # 4.3 GB of codebooks, if built
+    folder, vqs = _lying_model(model_dir, offline_cache, tmp_path, faces, k=65536, m=8)  # 4.3 GB, if built
     capsys.readouterr()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

@@ -257,7 +257,7 @@ def test_newer_version_and_unknown_mode_are_refused(containers):
 
 def test_huge_counts_allocate_nothing(containers):
     data = bytearray(containers["fixed"])
-    n_at = 4 + 1 + 1 + 32 + 2 + len(codec.read_header(bytes(data)).source.encode()) + 2
+    n_at = 4 + 1 + 1 + 32 + 2 + len((codec.read_header(bytes(data)).source or "").encode()) + 2
     data[n_at:n_at + 4] = struct.pack("<I", 4_000_000_000)
     with pytest.raises(CodecError, match="4000000000 images"):
         codec.read_header(restamp(bytes(data)))
@@ -266,7 +266,7 @@ def test_huge_counts_allocate_nothing(containers):
 def test_forged_header_sizes_are_refused(cm, containers):
     data = bytearray(containers["fixed"])
     h = codec.read_header(bytes(data))
-    sizes_at = 4 + 1 + 1 + 32 + 2 + len(h.source.encode()) + 2
+    sizes_at = 4 + 1 + 1 + 32 + 2 + len((h.source or "").encode()) + 2
     data[sizes_at + 8:sizes_at + 12] = struct.pack("<I", 17)  # T = 17: payload length no longer fits
     with pytest.raises(CodecError, match="payload"):
         codec.read_header(restamp(bytes(data)))
@@ -338,7 +338,7 @@ def test_entropy_file_is_used_and_optional(cm, saved, tmp_path):
     custom.save(folder / FILE_NAME)
     loaded = codec.load_codec_model(folder)
     assert loaded.entropy == custom and loaded.identity != plain.identity
-    assert loaded.source == str(folder) and loaded.revision is None
+    assert loaded.source is None and loaded.revision is None  # a local folder is never recorded
 
 
 @pytest.mark.parametrize("with_entropy", [False, True])
@@ -361,23 +361,56 @@ def test_hub_repo_from_the_offline_cache(cm, saved, tmp_path, offline_cache, wit
     assert out.codes == encode_codes(cm.model, x)
 
 
-def test_decompress_without_a_model_uses_the_recorded_source(cm, containers):
-    out = codec.decompress(containers["entropy"])
-    assert out.codes == codec.decompress(containers["entropy"], cm).codes
-    in_memory = CodecModel(cm.model, cm.entropy)  # records no source
-    data = codec.compress(in_memory, images(1))
+def test_a_file_from_a_local_folder_records_no_path(cm, saved, containers):
+    """Local paths are never written into a container (they leak the machine's layout and break elsewhere): the
+    file names its model by identity only, and decoding needs the model."""
+    for data in containers.values():
+        h = codec.read_header(data)
+        assert (h.source, h.revision) == (None, None)
+        assert str(saved).encode() not in data and saved.name.encode() not in data
+    in_memory = CodecModel(cm.model, cm.entropy)  # records no source either
+    assert codec.read_header(codec.compress(in_memory, images(1))).source is None
+    with pytest.raises(CodecError, match=rf"does not record.*{cm.identity.hex()[:12]}.*--model") as info:
+        codec.decompress(containers["entropy"])
+    assert "codec_model=" not in str(info.value)  # named generically: the CLI shows it as it is
+    assert codec.decompress(containers["entropy"], saved).codes == codec.decompress(containers["entropy"], cm).codes
+
+
+def test_relative_model_path_decodes_from_another_folder(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(saved.parent.parent)
+    relative = Path(saved.parent.name) / saved.name
+    data = codec.compress(codec.load_codec_model(relative), images(2, seed=8))
     assert codec.read_header(data).source is None
-    with pytest.raises(CodecError, match="does not record"):
-        codec.decompress(data)
+    monkeypatch.chdir(tmp_path)  # another folder: the model is given again, by its absolute path
+    assert codec.decompress(data, saved).codes.batch_size == 2
 
 
-def test_recorded_source_that_cannot_be_loaded(cm, saved, tmp_path):
-    folder = tmp_path / "gone"
-    shutil.copytree(saved, folder)
-    data = codec.compress(codec.load_codec_model(folder), images(1))
-    shutil.rmtree(folder)
-    with pytest.raises(CodecError, match="cannot load the model.*gone"):
+def test_a_hub_cache_snapshot_folder_records_its_repo_and_commit(saved, offline_cache):
+    from hubcache import COMMIT, make_cached_repo
+
+    snap = make_cached_repo(offline_cache, "org/snap-codec", saved, files=["config.json", "model.safetensors",
+                                                                          FILE_NAME])
+    cm = codec.load_codec_model(snap)
+    assert (cm.source, cm.revision) == ("org/snap-codec", COMMIT)
+    assert str(offline_cache).encode() not in codec.compress(cm, images(1))
+
+
+@pytest.mark.parametrize("source", ["/home/someone/models/stscq", "./model", "~/model", "model", "a/b/c", "org/x--y"])
+def test_codec_model_refuses_a_source_that_is_not_a_hub_id(cm, source):
+    with pytest.raises(ValueError, match="source must be a Hub repo id"):
+        CodecModel(cm.model, cm.entropy, source=source)
+    assert CodecModel(cm.model, cm.entropy, source="org/name", revision="main").source == "org/name"
+
+
+def test_recorded_source_that_cannot_be_loaded(cm, saved, tmp_path, offline_cache):
+    from hubcache import make_cached_repo
+
+    snap = make_cached_repo(offline_cache, "org/gone", saved)
+    data = codec.compress(codec.load_codec_model("org/gone"), images(1))
+    shutil.rmtree(snap.parent.parent)  # no longer in the (offline) cache
+    with pytest.raises(CodecError, match="cannot load the model.*org/gone.*--model") as info:
         codec.decompress(data)
+    assert "codec_model=" not in str(info.value)
 
 
 # ---------------------------------------------------------------- files

@@ -11,8 +11,11 @@ container file to PNGs, atomically.
 
 A container names the model that made it by its **identity** (:func:`model_identity`): a sha256 of the swapped
 model's weights and buffers and of the entropy model. Decoding with any other model is refused, because the same
-codes would silently give other pictures. The container also records where the model came from (a local folder as
-given, or a Hub repo id with its resolved commit), so :func:`decompress` can load it by itself.
+codes would silently give other pictures. When the model came from the Hub (a repo id, or a folder of the Hub
+cache), the container also records the repo id and the commit it resolved to, so :func:`decompress` can load it
+by itself. A local folder is never recorded: a path means nothing on another machine, breaks when the working
+folder changes and shows the machine's layout; such a file names its model by identity only, and is decoded by
+passing the model.
 
 The container's byte format is documented in :mod:`vqswitch.container`.
 
@@ -92,19 +95,22 @@ class CodecModel:
         model: the swapped ``nn.Module`` (put in eval mode).
         entropy: the :class:`~vqswitch.entropy.EntropyModel` for entropy mode.
         identity: 32-byte sha256 (:func:`model_identity`), computed once here: do not change the model afterwards.
-        source, revision: where the model was loaded from (str or None), recorded in containers.
+        source, revision: the Hub repo id ("org/name") and revision the model was loaded from, or None; recorded
+            in containers (never a local path).
         image_size: (H, W) of the images it takes. pixel_range: (lo, hi) of their values.
         num_tokens, codebook_size, num_groups: T, K, M of its quantizer. bits_per_image: the fixed-length cost.
 
     ``CodecModel(model, entropy=None, *, source=None, revision=None)``: ``entropy=None`` builds the entropy model
     from the quantizer's usage counts (``EntropyModel.from_quantizer``). Raises TypeError for a non-module model,
     a non-EntropyModel entropy or a non-str source/revision; ValueError for an unswapped model, one whose images are
-    not 3-channel, or an entropy model made for another T, K or M.
+    not 3-channel, an entropy model made for another T, K or M, or a source that is not a Hub repo id
+    (:func:`vqswitch.adapters.saving.is_repo_id`: local paths are not recorded).
     """
 
     def __init__(self, model: nn.Module, entropy: EntropyModel | None = None, *, source: str | None = None,
                  revision: str | None = None):
         from vqswitch.adapters import adapter_for, swapped_quantizer
+        from vqswitch.adapters.saving import is_repo_id
 
         quantizer = swapped_quantizer(model)  # TypeError / ValueError for a non-module or unswapped model
         adapter = adapter_for(model)
@@ -121,6 +127,9 @@ class CodecModel:
                 raise ValueError(f"{name} {value!r} is not valid UTF-8 text (an undecodable path?)") from None
             if size > U16:
                 raise ValueError(f"{name} is {size} bytes of UTF-8; at most {U16} fit a container")
+        if source and not is_repo_id(source):
+            raise ValueError(f"source must be a Hub repo id 'org/name' or None, got {source!r}: containers record "
+                             "where a model can be downloaded, never a local path")
         channels = adapter.image_channels(model)
         if channels != 3:
             raise ValueError(f"the codec compresses RGB images, but this model takes {channels}-channel images")
@@ -162,8 +171,10 @@ def load_codec_model(dir_or_repo: str | os.PathLike, *, revision: str | None = N
     """Load a swapped model (a folder from ``save_swapped`` or a Hub repo id) and its entropy model for compressing.
 
     The entropy model is the folder's ``entropy_model.safetensors``; a save without one (older vqswitch) gets
-    ``EntropyModel.from_quantizer`` of the loaded model. ``source`` is recorded as given; for a Hub repo
-    ``revision`` is recorded as the commit the files were resolved to (so later decoding loads the same files).
+    ``EntropyModel.from_quantizer`` of the loaded model. For a Hub repo, ``source`` is the repo id and ``revision``
+    the commit the files were resolved to (so later decoding loads the same files); a folder of the Hub cache
+    records its repo and commit the same way; any other local folder records nothing
+    (:func:`vqswitch.adapters.saving.shareable_source`).
     Before building anything, the quantizer sizes ``config.json`` asks for are checked against the tensor shapes in
     ``model.safetensors``'s header (:func:`vqswitch.adapters.checkpoints.check_quantizer_fits`), so a config that
     lies about its sizes fails fast instead of allocating them.
@@ -172,6 +183,7 @@ def load_codec_model(dir_or_repo: str | os.PathLike, *, revision: str | None = N
     weights.
     """
     from vqswitch.adapters import load_swapped
+    from vqswitch.adapters.saving import shareable_source
 
     _check_sizes_before_building(dir_or_repo, revision)
     model = load_swapped(dir_or_repo, revision=revision)
@@ -179,7 +191,8 @@ def load_codec_model(dir_or_repo: str | os.PathLike, *, revision: str | None = N
     if path.is_dir():
         file = path / ENTROPY_FILE_NAME
         entropy = EntropyModel.load(file) if file.is_file() else None
-        return CodecModel(model, entropy, source=os.fspath(dir_or_repo), revision=None)
+        source, commit = shareable_source(path)
+        return CodecModel(model, entropy, source=source, revision=commit)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -604,15 +617,16 @@ def _model_for(header: ContainerHeader, codec_model, revision) -> CodecModel:
     """The model to decode ``header``'s container with: the one given, or the one it records; checked."""
     if codec_model is None:
         if header.source is None:
-            raise CodecError("the container does not record which model made it; pass the model "
-                             f"(identity {header.identity_hex[:12]}) as codec_model=")
+            raise CodecError(f"the container does not record which model made it (identity "
+                             f"{header.identity_hex[:12]}; files made from a local folder record none): pass the "
+                             "model that made it (--model on the command line, the model argument in Python)")
         rev = revision if revision is not None else header.revision
         try:
             codec_model = load_codec_model(header.source, revision=rev)
         except (OSError, ValueError) as err:
             where = header.source + (f" at revision {rev}" if rev else "")
             raise CodecError(f"cannot load the model the container was compressed with ({where}): {err}; pass "
-                             "the model as codec_model= / model=") from err
+                             "the model (--model on the command line, the model argument in Python)") from err
     else:
         codec_model = _as_codec_model(codec_model, revision, what="codec_model")
     if codec_model.identity != header.identity:

@@ -7,8 +7,9 @@ Container format (version 1); integers little-endian::
        1      format version, u8 = 1
        1      mode, u8: 0 fixed-length, 1 entropy-coded
       32      model identity: model_identity() of the model and entropy model that wrote it
-     2 + s    source: u16 byte length s, then s bytes of UTF-8 (s = 0: not recorded)
-     2 + r    revision: u16 byte length r, then r bytes of UTF-8 (r = 0: none)
+     2 + s    source: u16 byte length s, then s bytes of UTF-8: the Hub repo id "org/name" the model came from
+              (s = 0: not recorded; vqswitch never writes a local path here, files of older versions may hold one)
+     2 + r    revision: u16 byte length r, then r bytes of UTF-8: the Hub commit (r = 0: none)
        4      N, number of images, u32 >= 1
        2      H, image height in pixels, u16 >= 1
        2      W, image width in pixels, u16 >= 1
