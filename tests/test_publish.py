@@ -203,8 +203,10 @@ def test_dry_run_folder_has_every_file_and_a_matching_card(run, tmp_path):
     assert sorted(os.listdir(out)) == sorted(PUBLISH_FILES)
     for name in ("config.json", "model.safetensors", "entropy_model.safetensors"):
         assert (out / name).read_bytes() == (run.dir / "final" / name).read_bytes(), name
-    for name in ("run.json", "eval.json", "metrics.jsonl"):
+    for name in ("eval.json", "metrics.jsonl"):
         assert (out / name).read_bytes() == (run.dir / name).read_bytes(), name
+    published = json.loads((out / "run.json").read_text())  # all of run.json but the data folder's local path
+    assert published == {**RUN_INFO, "data": {**RUN_INFO["data"], "path": "faces-train"}}
     assert not [p for p in tmp_path.iterdir() if p.name != "up"]  # no temporary folder left behind
 
     card = (out / "README.md").read_text()
@@ -255,10 +257,45 @@ def test_card_of_a_bare_model_says_what_is_unknown(run, tmp_path):
     assert table_value(card, "base weights").startswith("not recorded")
     assert table_value(card, "entropy model").startswith("none")
     assert 'load_swapped("ORG/NAME")' in card
-    # a local base checkpoint is named, never linked or put in the front matter
+    # a local base checkpoint is neither linked, nor put in the front matter, nor named
     card = build_model_card(tmp_path / "bare", run_info={"base_model": str(tmp_path)})
     assert "base_model" not in ModelCard(card).data.to_dict()
-    assert table_value(card, "base weights") == f"a local checkpoint (`{tmp_path.name}`), not on the Hub"
+    assert table_value(card, "base weights") == "a local checkpoint, not on the Hub"
+    assert str(tmp_path) not in card and tmp_path.name not in card
+
+
+def test_published_run_json_holds_no_local_path(run, tmp_path, offline_cache, monkeypatch):
+    """run.json is published with the model: local paths (base model, data folder, loss backbones) are replaced by
+    what may be shared -- a Hub id and revision, a folder's name, or nothing."""
+    from hubcache import COMMIT, make_cached_repo
+
+    root = _copy_run(run, tmp_path)
+    base, backbone = tmp_path / "secret-place" / "vqgan", tmp_path / "secret-place" / "dino"
+    base.mkdir(parents=True)
+    backbone.mkdir()
+    monkeypatch.chdir(tmp_path)
+    ev = json.loads((root / "eval.json").read_text())
+    write_json(root / "eval.json", {**ev, "skipped_images": [str(base / "broken.png"), "C:\\secret-place\\empty.jpg"]})
+    for base_model, expected in ((str(base), (None, None)), ("secret-place/vqgan", (None, None)),
+                                 (str(make_cached_repo(offline_cache, "org/base-vq", run.dir / "final")),
+                                  ("org/base-vq", COMMIT))):
+        write_json(root / "run.json", {**RUN_INFO, "base_model": base_model, "base_revision": None,
+                                       "losses": {"perceptual": str(backbone), "identity": "org/face-net"}})
+        out = prepare_upload(root, tmp_path / "up", repo_id="org/name")
+        text = (out / "run.json").read_text() + (out / "README.md").read_text()
+        assert "secret-place" not in text and str(tmp_path) not in text and "/data/" not in text, base_model
+        info = json.loads((out / "run.json").read_text())
+        assert (info["base_model"], info["base_revision"]) == expected
+        assert info["losses"] == {"perceptual": None, "identity": "org/face-net"}
+        assert info["data"]["path"] == "faces-train" and info["finetune"] == RUN_INFO["finetune"]
+        assert json.loads((out / "eval.json").read_text())["skipped_images"] == ["broken.png", "empty.jpg"]
+        card = (out / "README.md").read_text()
+        if expected[0] is None:
+            assert info["base_description"] == "a local checkpoint, not on the Hub"
+            assert table_value(card, "base weights") == "a local checkpoint, not on the Hub"
+            assert "base_model" not in ModelCard(card).data.to_dict()
+        else:
+            assert ModelCard(card).data.to_dict()["base_model"] == "org/base-vq" and f"`{COMMIT}`" in card
 
 
 def test_demo_output_is_published_with_its_baseline(demo_dir, tmp_path):
@@ -317,6 +354,16 @@ def test_card_shows_every_row_of_an_evaluation(run):
     row = table_value(card, "another_reference").split(" | ")
     assert row[:4] == ["1", "256", str(T), "512"] and row[5] == "30.00"
     assert table_value(card, "STSCQ (this model)").split(" | ")[3] == str(bits_per_image(T, K, M))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text("abc-_. ", min_size=1, max_size=5), min_size=1, max_size=4), st.sampled_from(["/", "~/", "./"]))
+def test_shareable_run_info_never_keeps_a_local_path(parts, prefix):
+    path = prefix + "/".join(parts)
+    shared = publish.shareable_run_info({"base_model": path, "data": {"path": path},
+                                         "losses": {"perceptual": path, "identity": None}})
+    assert shared["base_model"] is None and shared["losses"] == {"perceptual": None, "identity": None}
+    assert "/" not in (shared["data"]["path"] or "")
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

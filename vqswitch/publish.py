@@ -20,8 +20,10 @@ The published folder (:func:`prepare_upload`) holds exactly these files:
   the evaluation (for a demo: the baseline, the fair reference "baseline + stage 3" and STSCQ, with the
   difference to the fair reference spelled out) and the stage-3 losses the run's config gave a weight;
 * ``run.json`` (what the run started from), ``eval.json`` (``vqswitch eval``'s output, or the demo's
-  ``metrics.json``) and ``metrics.jsonl`` (the training log), when the run has them, byte for byte. They
-  are published as written (``vqswitch finetune`` records only the training data folder's name in ``run.json``).
+  ``metrics.json``) and ``metrics.jsonl`` (the training log), when the run has them, byte for byte, except that
+  ``run.json`` and ``eval.json`` lose their local paths (:func:`shareable_run_info`, :func:`shareable_evaluation`:
+  a local base model, data folder, loss backbone or skipped image's folder is never published; a Hub id and
+  revision are).
 
 Nothing is uploaded unless the whole folder was assembled and the model in it loads
 (:func:`vqswitch.adapters.load_swapped`) and agrees with its entropy model and evaluation. The upload is
@@ -35,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -44,8 +45,9 @@ from pathlib import Path
 
 from vqswitch.cli import parse_args
 
-__all__ = ["build_model_card", "prepare_upload", "push", "add_arguments", "cmd_push", "main",
-           "PUBLISH_FILES", "TAGS"]
+__all__ = ["build_model_card", "prepare_upload", "push", "add_arguments", "cmd_push", "main", "shareable_run_info",
+           "shareable_evaluation",
+           "PUBLISH_FILES", "TAGS", "LOCAL_BASE"]
 
 CONFIG, WEIGHTS, ENTROPY, CARD = "config.json", "model.safetensors", "entropy_model.safetensors", "README.md"
 RUN_INFO, EVALUATION, TRAIN_LOG = "run.json", "eval.json", "metrics.jsonl"
@@ -55,8 +57,6 @@ TAGS = ("vqswitch", "image-tokenizer", "vector-quantization", "image-compression
 RUN_FORMAT, SWAPPED_FORMAT = "vqswitch-run", "vqswitch-swapped"
 _EXPECTED = ("a vqswitch finetune run folder (with final/), a vqswitch demo output folder (with checkpoint/) "
              "or a swapped-model folder (config.json with \"format\": \"vqswitch-swapped\", from save_swapped)")
-_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"  # as the Hub: "-" and "." never first or last
-_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
 _STAGE_WHAT = {1: "M token-shared group codebooks + router, on the frozen encoder's tokens",
                2: "token-specific codebooks (each token's started from its group's) + router",
                3: "decoder only, on images ({losses})"}
@@ -79,7 +79,9 @@ def _check_repo_id(repo_id) -> str:
     neither first nor last, no ``--`` or ``..``), a name of at most 96 characters. Raises TypeError/ValueError."""
     if not isinstance(repo_id, str):
         raise TypeError(f"repo_id must be a str 'org/name', got {type(repo_id).__name__}")
-    if not _REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id or len(repo_id.split("/")[-1]) > 96:
+    from vqswitch.adapters.saving import is_repo_id
+
+    if not is_repo_id(repo_id):
         raise ValueError(f"repo_id must be a Hub repository id 'org/name' (letters, digits, '-', '_', '.'; "
                          f"no '--' or '..'; a name of at most 96 characters), got {repo_id!r}")
     return repo_id
@@ -93,8 +95,69 @@ def _check_optional_str(name: str, value) -> None:
 
 def _is_hub_id(text) -> bool:
     """Whether a run.json ``base_model`` names a Hub repository (rather than a local path)."""
-    return (isinstance(text, str) and bool(_REPO_ID.fullmatch(text)) and "--" not in text and ".." not in text
-            and not os.path.exists(text))
+    from vqswitch.adapters.saving import shareable_source
+
+    return isinstance(text, str) and shareable_source(text)[0] == text
+
+
+LOCAL_BASE = "a local checkpoint, not on the Hub"
+
+
+def shareable_run_info(info: dict) -> dict:
+    """What of a run's ``run.json`` may be published: a copy with every local path replaced.
+
+    * ``base_model`` / ``base_revision``: a Hub id and revision are kept; a Hub cache snapshot folder becomes its repo
+      id and commit; any other local path becomes None, with ``base_description`` :data:`LOCAL_BASE` when the run
+      gave none (:func:`vqswitch.adapters.saving.shareable_source`);
+    * ``data.path``: only the folder's name;
+    * ``losses.perceptual`` / ``losses.identity`` (feature backbones): a Hub id is kept, a local path becomes None.
+    Every other field is kept as it is. Local means an existing path (relative to the current folder), an absolute
+    path, or one starting with ``.`` or ``~``: a relative path recorded elsewhere that does not exist here and
+    reads like ``org/name`` cannot be told from a Hub id. Raises TypeError for a non-dict.
+    """
+    from vqswitch.adapters.saving import shareable_source
+
+    if not isinstance(info, dict):
+        raise TypeError(f"run info must be a dict, got {type(info).__name__}")
+    out = dict(info)
+    base = info.get("base_model")
+    if isinstance(base, str) and base:
+        rev = info.get("base_revision") if isinstance(info.get("base_revision"), str) else None
+        repo, rev = shareable_source(base, rev)
+        out["base_model"], out["base_revision"] = repo, rev if repo else None
+        if repo is None and not _text(info.get("base_description")):
+            out["base_description"] = LOCAL_BASE
+    elif base is not None:
+        out["base_model"] = None
+    data = info.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        out["data"] = {**data, "path": _file_name(data["path"])}
+    losses = info.get("losses")
+    if isinstance(losses, dict):
+        out["losses"] = {k: (v if not isinstance(v, str) or _is_hub_id(v) else None) for k, v in losses.items()}
+    return out
+
+
+def _file_name(text: str) -> str | None:
+    """The last component of a path written on any system ('/' or '\\'), or None when there is none."""
+    name = os.path.basename(os.path.normpath(text.replace("\\", "/")))
+    return name if name not in ("", ".", "..", "~") else None
+
+
+def shareable_evaluation(evaluation: dict) -> dict:
+    """What of an evaluation (``vqswitch eval``'s ``eval.json``, the demo's ``metrics.json``) may be published: a
+    copy whose ``skipped_images`` and ``config.data`` keep only file and folder names, not their local paths.
+    Raises TypeError for a non-dict."""
+    if not isinstance(evaluation, dict):
+        raise TypeError(f"evaluation must be a dict, got {type(evaluation).__name__}")
+    out = dict(evaluation)
+    skipped = evaluation.get("skipped_images")
+    if isinstance(skipped, list):
+        out["skipped_images"] = [_file_name(p) if isinstance(p, str) else p for p in skipped]
+    config = evaluation.get("config")
+    if isinstance(config, dict) and isinstance(config.get("data"), str) and not _is_hub_id(config["data"]):
+        out["config"] = {**config, "data": _file_name(config["data"])}
+    return out
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -270,8 +333,6 @@ def _card_header(facts: dict, run_info: dict, repo_id: str | None, entropy) -> l
     base, rev = run_info.get("base_model"), _text(run_info.get("base_revision"))
     if _is_hub_id(base):
         base_line = f"[`{base}`](https://huggingface.co/{base})" + (f" at revision `{rev}`" if rev else "")
-    elif _text(base):
-        base_line = f"a local checkpoint (`{_text(Path(base).name)}`), not on the Hub"
     elif _text(run_info.get("base_description")):
         base_line = _text(run_info["base_description"])
     else:
@@ -496,7 +557,7 @@ def build_model_card(model_dir, *, run_info: dict | None = None, evaluation: dic
         run_info = _read_json(folder / RUN_INFO, "run info")
     if evaluation is None and (folder / EVALUATION).is_file():
         evaluation = _read_json(folder / EVALUATION, "evaluation")
-    run_info = run_info or {}
+    run_info = shareable_run_info(run_info or {})  # the card is published: no local path in it
     if run_info.get("format", RUN_FORMAT) != RUN_FORMAT:
         raise ValueError(f"run_info has format {run_info.get('format')!r}, expected {RUN_FORMAT!r}")
     log = _read_log(folder / TRAIN_LOG) if (folder / TRAIN_LOG).is_file() else []
@@ -609,6 +670,13 @@ def prepare_upload(run_dir, out_dir, *, repo_id: str | None = None) -> Path:
                 shutil.copyfile(model_dir / name, tmp / name)
         for name, path in extras.items():
             shutil.copyfile(path, tmp / name)
+        for name, what, shareable in ((RUN_INFO, "run info", shareable_run_info),
+                                      (EVALUATION, "evaluation", shareable_evaluation)):
+            if name in extras:  # published without local paths (byte for byte when they hold none)
+                value = _read_json(tmp / name, what)
+                shared = shareable(value)
+                if shared != value:
+                    (tmp / name).write_text(json.dumps(shared, indent=2) + "\n", encoding="utf-8")
         card = build_model_card(tmp, repo_id=repo_id)
         (tmp / CARD).write_text(card, encoding="utf-8")
         _fsync_files(tmp)
