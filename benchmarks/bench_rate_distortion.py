@@ -10,7 +10,7 @@ to it differ):
 1. Draw procedural faces (:class:`vqswitch.data.ProceduralFaces`): training faces and held-out test faces (the
    images after the training ones); every row is evaluated on the same test faces.
 2. Train ONE upstream tokenizer, a small MaskGIT-VQGAN with a global codebook of K0 codes, as ``vqswitch demo``
-   does (:func:`vqswitch.demo.train_baseline`) but for 2000 steps (``--upstream-steps``): after the demo's 300 the
+   does (:func:`vqswitch.demo.train_baseline`, 2000 steps; ``--upstream-steps``): after 300 steps the
    autoencoder itself is the bottleneck and every quantizer lands within a few tenths of a dB of every other.
    Its encoder is frozen from here on.
 3. For every setting, copy the upstream model and swap in a quantizer started from a k-means of the (same)
@@ -209,8 +209,8 @@ def _default_configs():
     from vqswitch.demo import FULL as DEMO_FULL
     from vqswitch.demo import QUICK as DEMO_QUICK
 
-    # the demo's tokenizer trained longer (2000 steps instead of 300): at 300 steps the autoencoder itself is the
-    # bottleneck (quantizing with K0 codes cost 0.05 dB) and every quantizer lands within a few tenths of a dB
+    # the demo's tokenizer, 2000 steps (at 300 steps the autoencoder itself is the bottleneck: quantizing with K0
+    # codes cost 0.05 dB and every quantizer landed within a few tenths of a dB)
     full = RDConfig(tokenizer=replace(DEMO_FULL, num_test=256, baseline_steps=2000))
     quick = RDConfig(tokenizer=replace(DEMO_QUICK, num_test=16), baseline_k=(4, 8, 16), stscq_m=(1, 4),
                      stscq_k=(4, 8), seed_repeats=1)

@@ -71,17 +71,62 @@ def test_bits_follow_the_formula_and_drop(quick_run):
         assert m["bpp"] == pytest.approx(bpp(m["bits_per_image"], QUICK.image_size, QUICK.image_size))
 
 
-def test_reconstruction_grid(quick_run):
+def test_reconstruction_grid_is_labelled_and_enlarged(quick_run):
+    """reconstructions.png: a text band above each of the 4 rows (original, baseline VQ, baseline + stage 3, STSCQ),
+    every pixel a grid_scale x grid_scale block, the first tile the first test face."""
     from PIL import Image
 
+    from vqswitch.data import label_band_height
+
     out, _, _ = quick_run
-    k, s, pad = min(QUICK.grid_images, QUICK.num_test), QUICK.image_size, 2
+    k, s, pad, band = min(QUICK.grid_images, QUICK.num_test), QUICK.image_size * QUICK.grid_scale, 2, label_band_height()
     with Image.open(out / "reconstructions.png") as im:
         assert im.format == "PNG" and im.mode == "RGB"
-        assert im.size == (k * s + (k + 1) * pad, 3 * s + 4 * pad)  # originals, baseline, STSCQ rows
-        first = torch.from_numpy(np.asarray(im.crop((pad, pad, pad + s, pad + s)), dtype=np.float32))
+        assert im.size == (k * s + (k + 1) * pad, 4 * (band + s + pad) + pad)
+        pixels = torch.from_numpy(np.asarray(im, dtype=np.float32))
+    for r in range(4):  # each band holds drawn text (white pixels) and nothing else but black
+        top = pad + r * (band + s + pad)
+        strip = pixels[top:top + band]
+        assert (strip.amax(dim=2) > 128).sum() > 20, r
+        below = pixels[top + band:top + band + s, pad:pad + s]
+        assert below.std() > 0, r  # an image follows its band
+    tile = pixels[pad + band:pad + band + s, pad:pad + s]  # original, enlarged by nearest neighbour
     original = (_test_faces()[0].permute(1, 2, 0) * 255).round()
-    assert (first - original).abs().max() <= 1  # the top-left tile is the first test face
+    up = original.repeat_interleave(QUICK.grid_scale, 0).repeat_interleave(QUICK.grid_scale, 1)
+    assert (tile - up).abs().max() <= 1
+
+
+def test_grid_rows_label_bits_and_psnr(quick_run):
+    from vqswitch.demo import grid_rows
+
+    _, metrics, _ = quick_run
+    x = _test_faces()[:2]
+    rows = grid_rows(x, metrics, {"baseline": x, "baseline_decoder_tuned": x, "stscq": x})
+    assert [label.split(":")[0] for label, _ in rows] == ["original", "baseline VQ", "baseline + stage 3", "STSCQ"]
+    for (label, _), key in zip(rows[1:], ("baseline", "baseline_decoder_tuned", "stscq")):
+        assert f"{metrics[key]['bits_per_image']} bits/image" in label
+        assert f"{metrics[key]['psnr']:.2f} dB" in label
+
+
+def test_save_labelled_grid_sizes_and_errors(tmp_path):
+    from PIL import Image
+
+    from vqswitch.data import label_band_height, save_labelled_grid
+
+    a, b = torch.rand(3, 3, 5, 7), torch.rand(2, 1, 5, 7)
+    path = save_labelled_grid([("a", a), ("b", b)], tmp_path / "g.png", scale=3, padding=1)
+    with Image.open(path) as im:
+        assert im.size == (3 * 7 * 3 + 4, 2 * (label_band_height() + 5 * 3 + 1) + 1)
+    with pytest.raises(ValueError, match="rows"):
+        save_labelled_grid([], tmp_path / "g.png")
+    with pytest.raises(ValueError, match="rows\\[1\\]"):
+        save_labelled_grid([("a", a), ("b", torch.rand(1, 3, 4, 4))], tmp_path / "g.png")
+    with pytest.raises(TypeError, match="rows\\[0\\]"):
+        save_labelled_grid([(1, a)], tmp_path / "g.png")
+    with pytest.raises(ValueError, match="scale"):
+        save_labelled_grid([("a", a)], tmp_path / "g.png", scale=0)
+    with pytest.raises(ValueError, match="path"):
+        save_labelled_grid([("a", a)], tmp_path / "g.txt")
 
 
 def test_checkpoint_reloads_and_reproduces_the_codes(quick_run):
@@ -178,3 +223,72 @@ def test_run_demo_rejects_bad_arguments(tmp_path):
         run_demo(tmp_path, quick=True, seed=-1, progress=False)
     with pytest.raises(TypeError, match="quick"):
         run_demo(tmp_path, quick="yes", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ --data
+
+
+def _face_folder(root, identities: int, per_identity: int, size: int = 40):
+    """A tiny one-folder-per-identity tree of PNG faces (procedural, written with Pillow)."""
+    from PIL import Image
+
+    from vqswitch.data import ProceduralFaces
+
+    faces = ProceduralFaces(identities * per_identity, size, seed=3, num_identities=identities)
+    for i in range(identities * per_identity):
+        folder = root / f"person{i % identities:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (faces[i].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_demo_on_a_face_folder_splits_by_identity(tmp_path, capsys):
+    from vqswitch.data import split_identities
+
+    root = _face_folder(tmp_path / "faces", identities=5, per_identity=4)
+    out = tmp_path / "out"
+    assert main(["--quick", "--out", str(out), "--no-progress", "--data", str(root)]) == 0
+    assert "STSCQ" in capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    info = saved["config"]["data_info"]
+    train_ids, test_ids = split_identities([f"person{i:02d}" for i in range(5)], 0.2, seed=0)
+    assert (info["train_identities"], info["test_identities"]) == (len(train_ids), len(test_ids)) == (4, 1)
+    assert (info["train_images"], info["test_images"]) == (16, 4)  # whole people on each side
+    assert saved["baseline"]["images"] == saved["stscq"]["images"] == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["path"] == str(root) and run["data"]["num_images"] == 16
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_folder_faces_keeps_people_apart(tmp_path):
+    from vqswitch.demo import folder_faces
+
+    root = _face_folder(tmp_path / "faces", identities=4, per_identity=3)
+    train, test, info = folder_faces(root, 16, seed=1, test_fraction=0.5)
+    assert train.shape == (6, 3, 16, 16) and test.shape == (6, 3, 16, 16)
+    assert train.min() >= 0 and train.max() <= 1
+    # no test image equals a training image: each person's pictures are on one side only
+    assert torch.cdist(train.flatten(1), test.flatten(1)).min() > 0
+    small = folder_faces(root, 16, seed=1, test_fraction=0.5, max_train=2, max_test=1)
+    assert small[0].shape[0] == 2 and small[1].shape[0] == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "one-identity"])
+def test_demo_data_errors(case, tmp_path, capsys):
+    from vqswitch.cli import main as vqswitch
+
+    target = tmp_path / "data"
+    if case == "file":
+        target.write_text("x")
+    elif case == "empty":
+        target.mkdir()
+    elif case == "one-identity":
+        _face_folder(target, identities=1, per_identity=3)
+    expected = {"missing": "not found", "file": "not a folder", "empty": "no identity folder", "one-identity": "2 identity"}[case]
+    assert main(["--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and expected in err and "Traceback" not in err
+    assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -48,8 +49,8 @@ import torch.nn.functional as F
 from vqswitch.cli import parse_args
 
 __all__ = ["DemoConfig", "FULL", "QUICK", "run_demo", "train_baseline", "evaluate_baseline", "evaluate_swapped", "pick_config", "seed_arg",
-           "split_faces", "build_tokenizer", "check_seed",
-           "format_table", "add_arguments", "main"]
+           "split_faces", "build_tokenizer", "check_seed", "grid_rows",
+           "format_table", "add_arguments", "check_data_folder", "folder_faces", "main"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,12 @@ class DemoConfig:
     num_test: int = 64
     # the tokenizer: f = 2**(len(channel_mult) - 1) = 4, so T = (32 / 4)**2 = 64 tokens of dimension D = z_channels
     hidden_channels: int = 32
-    channel_mult: tuple = (1, 1, 2)
+    channel_mult: tuple = (1, 1, 1)
     num_res_blocks: int = 1
     z_channels: int = 16
     codebook_size0: int = 256  # K0, the baseline's global codebook
     # baseline training
-    baseline_steps: int = 300
+    baseline_steps: int = 2000
     baseline_batch_size: int = 16
     baseline_lr: float = 2e-3
     dead_code_every: int = 25  # reset unused codes every this many steps (during the first 80% of training)
@@ -80,6 +81,7 @@ class DemoConfig:
     stage12_lr: float = 1e-3
     stage3_lr: float = 3e-4
     grid_images: int = 8
+    grid_scale: int = 4  # reconstructions.png enlarges every pixel to a grid_scale x grid_scale block
 
 
 FULL = DemoConfig()
@@ -97,6 +99,38 @@ def split_faces(num_train: int, num_test: int, image_size: int, seed: int) -> tu
     n = num_train + num_test
     images = ProceduralFaces(n, image_size, seed=seed, pixel_range=(0.0, 1.0)).get_batch(range(n))
     return images[:num_train].contiguous(), images[num_train:].contiguous()
+
+
+def folder_faces(root, image_size: int, seed: int, test_fraction: float = 0.2, max_train: int = 4096,
+                 max_test: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A user's face folder (one sub-folder per identity, :class:`vqswitch.data.FaceFolder`) split by identity, so
+    no person is in both sets: ``(train (N, 3, S, S), test (M, 3, S, S), info)`` float in [0, 1], S =
+    ``image_size``, at most ``max_train`` / ``max_test`` images each (an even, seeded subset when there are more).
+    info: {"folder", "identities", "train_identities", "test_identities", "train_images", "test_images",
+    "skipped"}. Raises ``ValueError`` naming the folder when it does not exist, holds no identity folder with a
+    readable image, or has fewer than 2 identities (no split is possible)."""
+    from vqswitch.data import FaceFolder, split_identities
+
+    folder = FaceFolder(root, size=image_size, pixel_range=(0.0, 1.0))
+    if len(folder.identities) < 2:
+        raise ValueError(f"--data {str(root)!r} needs at least 2 identity folders (train and test people), "
+                         f"found {len(folder.identities)}")
+    train_ids, test_ids = split_identities(folder.identities, test_fraction=test_fraction, seed=seed)
+    names = [folder.identities[int(i)] for i in folder.labels.tolist()]
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(ids, cap):
+        wanted = set(ids)
+        idx = torch.tensor([i for i, n in enumerate(names) if n in wanted], dtype=torch.long)
+        if idx.numel() > cap:
+            idx = idx[torch.randperm(idx.numel(), generator=gen)[:cap].sort().values]
+        return folder.get_batch(idx.tolist())
+
+    train, test = pick(train_ids, max_train), pick(test_ids, max_test)
+    info = {"folder": str(root), "identities": len(folder.identities), "train_identities": len(train_ids),
+            "test_identities": len(test_ids), "train_images": int(train.shape[0]), "test_images": int(test.shape[0]),
+            "skipped": [f"{p}: {why}" for p, why in folder.skipped]}
+    return train, test, info
 
 
 def build_tokenizer(cfg: DemoConfig):
@@ -177,7 +211,13 @@ def train_baseline(model, images: torch.Tensor, cfg: DemoConfig, *, seed: int, p
         idx = perm[pos:pos + cfg.baseline_batch_size]
         pos += cfg.baseline_batch_size
         x = images[idx]
-        recon, _, indices, vq_loss = model(x, return_loss=True)
+        # the standard VQ-VAE loss (van den Oord et al.): the codebook term pulls codes to the encoder outputs at
+        # weight 1, the commitment term the encoder to its codes at weight 0.25. (MaskGitQuantizer's own
+        # return_loss keeps upstream's swapped weights, which pin the encoder to the codes and train slower.)
+        h = model.encoder(x)
+        z_q, indices, _ = model.quantize(h)
+        vq_loss = F.mse_loss(z_q, h.detach()) + 0.25 * F.mse_loss(h, z_q.detach())
+        recon = model.decoder(h + (z_q - h).detach())  # straight-through
         l2 = F.mse_loss(recon, x)
         loss = l2 + vq_loss
         if not torch.isfinite(loss):
@@ -265,6 +305,20 @@ def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
     return result, recon
 
 
+def grid_rows(originals: torch.Tensor, metrics: dict, recons: dict) -> list[tuple[str, torch.Tensor]]:
+    """The labelled rows of ``reconstructions.png``: the originals (N, 3, H, W) float, then one row per model of
+    :data:`ROWS` present in both ``metrics`` (as :func:`run_demo` returns: bits per image, M, K and PSNR go in the
+    label) and ``recons`` ({metrics key: (N, 3, H, W) reconstructions}). Returns ``[(label, images), ...]`` for
+    :func:`vqswitch.data.save_labelled_grid`."""
+    rows = [("original", originals)]
+    for name, key in ROWS:
+        if key in metrics and key in recons:
+            m = metrics[key]
+            rows.append((f"{name}: {m['bits_per_image']} bits/image (M={m['num_groups']}, K={m['codebook_size']}), "
+                         f"PSNR {_fmt(m['psnr'], '.2f')} dB", recons[key]))
+    return rows
+
+
 def _fmt(v, spec: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
@@ -295,7 +349,7 @@ def format_table(metrics: dict) -> str:
 
 
 def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, progress: bool = True,
-             config: DemoConfig | None = None) -> dict:
+             config: DemoConfig | None = None, data=None) -> dict:
     """Run the demo (see the module docstring) and return its metrics (what ``metrics.json`` holds).
 
     Args:
@@ -305,12 +359,15 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         seed: int >= 0; seeds the data, the weights and every random choice.
         progress: show tqdm progress bars.
         config: override the sizes and steps (default :data:`FULL`, or :data:`QUICK` with ``quick=True``).
+        data: None (procedural faces), or a face folder (str or PathLike; one sub-folder per identity): its
+            identities are split into training and test people (:func:`folder_faces`), images resized to the
+            tokenizer's ``image_size``.
     Prints the before/after table to stdout.
     Raises TypeError/ValueError for bad arguments, ``FloatingPointError`` if training diverges.
     """
     from vqswitch.adapters import encode_latents, save_swapped, swap_quantizer
     from vqswitch.atomic import atomic_write_bytes
-    from vqswitch.data import save_image_grid
+    from vqswitch.data import save_labelled_grid
     from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 
     seed = check_seed(seed)
@@ -328,11 +385,27 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     torch.manual_seed(seed)
 
     # 1. data: held-out test faces are the images after the training ones
-    train, test = split_faces(cfg.num_train, cfg.num_test, cfg.image_size, seed)
+    if data is None:
+        train, test = split_faces(cfg.num_train, cfg.num_test, cfg.image_size, seed)
+        data_info = {"name": "ProceduralFaces", "train_images": cfg.num_train,
+                     "test": f"held-out indices {cfg.num_train}..{cfg.num_train + cfg.num_test - 1}"}
+        data_description = (f"vqswitch.data.ProceduralFaces (seed {seed}): {cfg.num_train} procedural "
+                            f"{cfg.image_size}x{cfg.image_size} faces drawn from random identity attributes")
+    else:
+        if not isinstance(data, (str, os.PathLike)):
+            raise TypeError(f"data must be a folder path (str or PathLike) or None, got {type(data).__name__}")
+        train, test, data_info = folder_faces(data, cfg.image_size, seed, max_train=8 * cfg.num_train,
+                                              max_test=4 * cfg.num_test)
+        data_info = {"name": f"face folder {Path(data).name}", **data_info,
+                     "test": f"{data_info['test_images']} images of {data_info['test_identities']} held-out people"}
+        data_description = (f"{data_info['train_images']} face images of {data_info['train_identities']} people "
+                            f"from {Path(data).name}/, resized to {cfg.image_size}x{cfg.image_size}")
 
     # 2. the baseline: a standard global-codebook VQ tokenizer
+    phases = {"data": time.perf_counter() - start}
     model = build_tokenizer(cfg)
     baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
+    phases["baseline"] = time.perf_counter() - start - sum(phases.values())
     baseline, baseline_recon = evaluate_baseline(model, test, cfg)
     stage3 = StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size, l2_weight=1.0)
 
@@ -342,8 +415,9 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     swap_quantizer(tuned, num_groups=1, codebook_size=cfg.codebook_size0, token_specific=False, init="codebook")
     tuned = Finetuner(tuned, train, out / "run-baseline-decoder",
                       FinetuneConfig(stages=(3,), seed=seed, progress=progress, stage3=stage3)).run()
-    baseline_tuned, _ = evaluate_swapped(tuned, test)
+    baseline_tuned, tuned_recon = evaluate_swapped(tuned, test)
     del tuned
+    phases["baseline_stage3"] = time.perf_counter() - start - sum(phases.values())
 
     # 3. swap in STSCQ (M groups of K codes, token-shared, data-driven start) and run the three stages
     with torch.no_grad():
@@ -358,31 +432,33 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         stage3=stage3)
     model = Finetuner(model, train, run_dir, ft_config).run()
     stscq, stscq_recon = evaluate_swapped(model, test)
+    phases["stscq_stages"] = time.perf_counter() - start - sum(phases.values())
 
     # 4. report and save
     save_swapped(model, out / "checkpoint")
-    k = min(cfg.grid_images, test.shape[0])
-    save_image_grid(torch.cat([test[:k], baseline_recon[:k], stscq_recon[:k]]), out / "reconstructions.png",
-                    nrow=k, pixel_range=(0.0, 1.0))
     metrics = {
         "config": {**asdict(cfg), "channel_mult": list(cfg.channel_mult), "quick": quick, "seed": seed,
-                   "tokenizer": "MaskGitVQGAN", "data": "ProceduralFaces", "test_images": "held-out indices "
-                   f"{cfg.num_train}..{cfg.num_train + cfg.num_test - 1}"},
+                   "tokenizer": "MaskGitVQGAN", "data": data_info["name"], "test_images": data_info["test"],
+                   "data_info": data_info},
         "baseline": {**baseline, "train_final_l2": baseline_log[-1]["l2"] if baseline_log else None},
         "baseline_decoder_tuned": baseline_tuned,
         "stscq": stscq,
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
         "files": {"metrics": "metrics.json", "reconstructions": "reconstructions.png", "checkpoint": "checkpoint",
                   "run": "run", "run_baseline_decoder": "run-baseline-decoder", "run_info": "run.json"},
     }
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+    k = min(cfg.grid_images, test.shape[0])
+    save_labelled_grid(grid_rows(test[:k], metrics, {"baseline": baseline_recon[:k], "baseline_decoder_tuned":
+                                                     tuned_recon[:k], "stscq": stscq_recon[:k]}),
+                       out / "reconstructions.png", scale=cfg.grid_scale, pixel_range=(0.0, 1.0))
     run_info = {  # what `vqswitch push` puts in the model card
         "format": "vqswitch-run", "adapter": "maskgit-vqgan", "base_model": None, "base_revision": None,
         "base_description": f"a small MaskGitVQGAN trained from scratch by `vqswitch demo` (seed {seed}) with one "
                             f"global codebook of {cfg.codebook_size0} codes",
-        "data": {"description": f"vqswitch.data.ProceduralFaces (seed {seed}): {cfg.num_train} procedural "
-                                f"{cfg.image_size}x{cfg.image_size} faces drawn from random identity attributes",
-                 "path": None, "num_images": cfg.num_train},
+        "data": {"description": data_description, "path": None if data is None else str(data),
+                 "num_images": int(train.shape[0])},
         "num_groups": cfg.num_groups, "codebook_size": cfg.codebook_size, "finetune": ft_config.to_dict()}
     atomic_write_bytes(out / "run.json", (json.dumps(run_info, indent=2) + "\n").encode("utf-8"))
     print(format_table(metrics))
@@ -411,11 +487,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a tiny run of a few seconds (smoke test)")
     parser.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--data", metavar="DIR", help="your own faces instead of procedural ones: a folder with one "
+                        "sub-folder per identity (e.g. ../shared/data/celeba-faces-64); train and test are split "
+                        "by identity, images resized to the tokenizer's size")
     return parser
 
 
+def check_data_folder(data) -> Path | None:
+    """``--data``: None, or an existing folder (returned as a Path); ValueError naming it otherwise (checked before
+    any training starts)."""
+    if data is None:
+        return None
+    path = Path(data)
+    if not path.is_dir():
+        raise ValueError(f"--data {str(data)!r} is {'not a folder' if path.exists() else 'not found'}: give a "
+                         "folder with one sub-folder of face images per identity")
+    return path
+
+
 def main(argv=None) -> int:
-    """``vqswitch demo [--out DIR] [--quick] [--seed S] [--no-progress]`` -> exit code (0 ok, 2 bad arguments)."""
+    """``vqswitch demo [--out DIR] [--quick] [--seed S] [--no-progress] [--data DIR]`` -> exit code (0 ok, 2 bad
+    arguments or an unusable --data folder, with one error line on stderr)."""
     parser = add_arguments(argparse.ArgumentParser(
         prog="vqswitch demo", description="Train a small VQ tokenizer on procedural faces, swap in STSCQ, "
         "fine-tune it in three stages and compare bits, PSNR and SSIM."))
@@ -423,10 +515,14 @@ def main(argv=None) -> int:
     if isinstance(args, int):  # argparse printed usage and the error (or the help)
         return args
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"vqswitch demo: error: --out {str(out)!r} exists and is not a folder", file=sys.stderr)
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+        data = check_data_folder(args.data)
+        run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data)
+    except ValueError as e:
+        print(f"vqswitch demo: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress)
     return 0
 
 
