@@ -37,11 +37,11 @@ Straight-through arithmetic: ``straight_through="residual"`` (default) is the co
 ``z + sg(q - z)``, so that a model whose quantizer computes it reproduces its outputs bit for bit after a
 swap with its own codebook; ``"exact"`` returns the code ``q`` exactly (vqswitch's own form).
 
-Token counts: with a token-shared quantizer the shim takes latents of any size (the image size sets T): a call
-at the quantizer's T runs the quantizer itself; a call at another size searches the same group codebooks and
-picks each image's group by least error (the router, whose position weights are sized for T, is not used
-there, and no usage is counted). A token-specific quantizer (one codebook per position) refuses another size
-with a ValueError. :func:`~vqswitch.adapters.encode_codes` always needs the quantizer's T (codes record T).
+Token counts: with a token-shared quantizer the shim takes latents of any size (the image size sets T); at
+another T than the quantizer's, each image's group is picked by least error (the router, whose position weights
+are sized for T, is not used there). A token-specific quantizer (one codebook per position) refuses another
+size with a ValueError. ``decode_codes(model, codes, image_size=(H, W))`` names the latent grid of codes made
+from images of another size than the described one.
 """
 from __future__ import annotations
 
@@ -51,9 +51,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from vqswitch.kernels import nearest_group
 from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
 
 from .contract import Adapter, QuantizerShim, adapters, check_fits, register
@@ -158,35 +156,16 @@ class GenericQuantizerShim(QuantizerShim):
     def quantize_any(self, tokens: torch.Tensor) -> tuple[QuantizerOutput, torch.Tensor]:
         """tokens (B, T', D) -> (output, codes (B, T', D) in tokens' dtype, differentiable to the codebooks).
 
-        T' == T runs the quantizer; another T' needs token-shared codebooks (see the module docstring).
+        A token-shared quantizer takes any T' (at T' != T it picks each image's group by least error; see
+        :class:`~vqswitch.SwitchableTokenQuantizer`); a token-specific one needs T' == T.
         Raises ValueError for another T' with token-specific codebooks.
         """
         q = self.quantizer
-        if tokens.shape[1] == q.num_tokens:
-            return self.quantize_tokens(tokens)
-        if q.token_specific:
+        if tokens.shape[1] != q.num_tokens and q.token_specific:
             raise ValueError(f"the latents give {tokens.shape[1]} tokens per image, but this token-specific quantizer "
                              f"has one codebook per position for T={q.num_tokens} (images of another size?); a "
                              "token-shared quantizer takes any size")
-        r = nearest_group(tokens.detach(), q.codebooks.detach(), metric=q.metric, backend=q.backend,
-                          memory_budget=q.memory_budget, check_finite=q.check_finite)
-        codes = q.codebooks[r.groups[:, None], 0, r.indices]
-        zq = F.normalize(tokens, dim=-1) if q.metric == "cosine" else tokens
-        codes = F.normalize(codes, dim=-1) if q.metric == "cosine" else codes
-        zero = tokens.sum().float() * 0.0
-        if tokens.shape[0]:
-            codebook_loss = F.mse_loss(codes.float(), zq.detach().float())
-            commitment_loss = F.mse_loss(zq.float(), codes.detach().float())
-        else:
-            codebook_loss = commitment_loss = zero + q.codebooks.sum() * 0.0
-        codes = codes.to(tokens.dtype)
-        out = QuantizerOutput(
-            quantized=codes.detach() + (tokens - tokens.detach()), indices=r.indices, groups=r.groups,
-            distances=r.distances.float(), loss=codebook_loss + q.commitment_weight * commitment_loss,
-            commitment_loss=commitment_loss, codebook_loss=codebook_loss, router_balance_loss=zero,
-            router_decision_loss=zero, router_quality_loss=zero, router_probs=None, group_errors=r.group_errors.float())
-        self.last_output = out
-        return out, codes
+        return self.quantize_tokens(tokens)
 
     def forward(self, z: torch.Tensor):
         tokens, spatial = self.to_tokens(z)
@@ -380,16 +359,20 @@ class GenericAdapter(Adapter):
         z = self.encode(model, images)
         return latents_to_tokens(z, self.layout, self.codebook_dim(model), name="the latents encode returned")[0]
 
-    def decode_tokens(self, model, tokens):
+    def decode_tokens(self, model, tokens, image_size: tuple[int, int] | None = None):
+        """quantized tokens (B, T, D) -> images. ``image_size`` (H, W) names the latent grid of T tokens when it is
+        not the described size's; without it that grid is used when it has T tokens, else a square one.
+        Raises ValueError when the grid cannot be told or ``image_size`` gives another token count."""
         if self.layout == GRID:
             T = tokens.shape[1]
-            grid = self.latent_shape(model)
+            grid = self.latent_shape(model, image_size)
             if math.prod(grid) != T:
                 side = math.isqrt(T)
-                if side * side != T:
-                    H, W = self.configured_size
-                    raise ValueError(f"cannot tell the latent grid of {T} tokens (the model is described for "
-                                     f"{H}x{W} images, a {grid[0]}x{grid[1]} grid)")
+                if image_size is not None or side * side != T:
+                    H, W = image_size or self.configured_size
+                    raise ValueError(f"cannot tell the latent grid of {T} tokens: {H}x{W} images give a "
+                                     f"{grid[0]}x{grid[1]} grid (pass image_size=(H, W) of the images the codes "
+                                     "came from)")
                 grid = (side, side)
         else:
             grid = (tokens.shape[1],)

@@ -197,6 +197,25 @@ def test_token_shared_takes_any_size_token_specific_refuses(vqvae):
     assert model(faces(1))[0].shape == (1, 3, 64, 64)
 
 
+
+def test_codes_at_another_non_square_size_decode_with_image_size(vqvae):
+    """The drop-in guarantee at a 48x32 image (a 12x8 grid): the M=1 own-codebook swap's codes decode to what the
+    original model reconstructs, once decode_codes is told the image size."""
+    original = fresh(vqvae)
+    model = swap_quantizer(fresh(vqvae))
+    x = faces(2, 64)[..., :48, :32].contiguous()
+    codes = encode_codes(model, x)
+    assert codes.indices.shape == (2, 96)
+    with torch.no_grad():
+        want_ids = original.vq_vae(original.encode(x))[2].reshape(2, -1)
+        want = original.decoder(original.vq_vae.codebook.weight[want_ids].reshape(2, 12, 8, -1).permute(0, 3, 1, 2))
+    assert torch.equal(codes.indices, want_ids)
+    torch.testing.assert_close(decode_codes(model, codes, image_size=(48, 32)), want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot tell the latent grid of 96 tokens"):
+        decode_codes(model, codes)
+    with pytest.raises(ValueError, match="cannot tell the latent grid"):
+        decode_codes(model, codes, image_size=(32, 32))
+
 def test_straight_through_gradients_and_router_loss():
     model = swap_quantizer(tiny(TinySeq), num_groups=2, codebook_size=8).train()
     z = torch.randn(5, 16, 8, requires_grad=True)
