@@ -35,7 +35,8 @@ from .contract import adapter_for, adapter_named, adapters
 from .generic import GENERIC_PREFIX, adapter_for_class
 from .swap import swapped_quantizer
 
-__all__ = ["save_swapped", "load_swapped", "load_pretrained", "detect_family", "guard_native_saving",
+__all__ = ["save_swapped", "load_swapped", "load_pretrained", "load_model", "load_builder", "detect_family",
+           "guard_native_saving",
            "unguard_native_saving", "SwappedSaveError",
            "NATIVE_SAVE_METHODS", "is_repo_id", "shareable_source", "FORMAT", "FORMAT_VERSION"]
 
@@ -385,3 +386,77 @@ def load_pretrained(repo_id_or_path: str | os.PathLike, *, adapter: str | None =
         raise TypeError(f"adapter must be a family name, one of {sorted(adapters())}")
     model = adapter_named(adapter).load_pretrained(repo_id_or_path, **kwargs)
     return model if device is None else model.to(device)
+
+
+def _builder_parts(spec: str) -> tuple[str, str] | None:
+    """('target', 'function') when ``spec`` reads as ``module:function`` or ``path/file.py:function``, else None."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        return None
+    if target.endswith(".py") or all(part.isidentifier() for part in target.split(".")):
+        return target, name
+    return None
+
+
+def load_builder(spec: str):
+    """The function a ``module:function`` or ``path/to/file.py:function`` spec names (the file is run as a module).
+
+    Returns the callable. Raises TypeError for a non-str spec; ValueError naming what is wrong: not of that form,
+    no such file, a module that cannot be imported (with the import error), or no callable of that name.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    if not isinstance(spec, str):
+        raise TypeError(f"a builder must be a str 'module:function' or 'path/file.py:function', got "
+                        f"{type(spec).__name__}")
+    parts = _builder_parts(spec)
+    if parts is None:
+        raise ValueError(f"a builder must look like 'module:function' or 'path/file.py:function', got {spec!r}")
+    target, name = parts
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ValueError(f"builder {spec!r}: no such file {target!r}")
+        module_name = f"_vqswitch_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            mod_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+            try:
+                mod_spec.loader.exec_module(module)
+            except Exception:
+                del sys.modules[module_name]
+                raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"builder {spec!r}: cannot import module {target!r} ({err})") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"builder {spec!r}: {target!r} has no function {name!r}")
+    return fn
+
+
+def load_model(spec: str | os.PathLike, **kwargs) -> nn.Module:
+    """A tokenizer from a command-line style spec, in eval mode.
+
+    ``spec`` is either ``module:function`` / ``path/to/file.py:function`` (the function is called with no
+    arguments and must return the user's own model, described with :func:`vqswitch.adapters.describe_model`, or
+    any model an adapter recognises; :func:`load_builder` finds it), or anything :func:`load_pretrained` reads
+    (a checkpoint file or folder, or a Hub repo id; ``kwargs`` go to it).
+    Raises TypeError/ValueError for a bad spec, a builder that returns no ``nn.Module`` or a model no adapter
+    recognises; what :func:`load_pretrained` raises otherwise.
+    """
+    if isinstance(spec, str) and not Path(spec).exists() and _builder_parts(spec) is not None:
+        if kwargs:
+            raise TypeError(f"a builder spec takes no loading options, got {sorted(kwargs)}")
+        model = load_builder(spec)()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"builder {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        adapter_for(model)  # ValueError naming the known families when none recognises it
+        return model.eval()
+    return load_pretrained(spec, **kwargs).eval()

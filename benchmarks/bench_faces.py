@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -146,30 +144,6 @@ def settings_for(config: FaceConfig) -> list[Setting]:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-def load_builder(spec: str):
-    """``module:function`` or ``path/to/file.py:function`` -> the function. Raises ValueError with what is wrong."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--builder must look like 'module:function' or 'path/file.py:function', got {spec!r}")
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target)
-        if not path.is_file():
-            raise ValueError(f"--builder: no such file {target!r}")
-        mod_spec = importlib.util.spec_from_file_location(f"_vqswitch_builder_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as err:
-            raise ValueError(f"--builder: cannot import module {target!r}: {err}") from err
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"--builder: {target!r} has no function {name!r}")
-    return fn
 
 
 def _to_unit(x: torch.Tensor, pixel_range) -> torch.Tensor:
@@ -374,7 +348,8 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
     """
     from tqdm.auto import tqdm
 
-    from vqswitch.adapters import adapter_for, encode_latents, save_swapped, swap_quantizer, swapped_quantizer
+    from vqswitch.adapters import (adapter_for, encode_latents, load_builder, save_swapped, swap_quantizer,
+                                   swapped_quantizer)
     from vqswitch.demo import check_seed
     from vqswitch.identity import DlibFaceEmbedder, embed_images
 
@@ -396,7 +371,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
     sets = [test_set] + [load_eval_set(d, config, seed) for d in eval_data]
 
     # 2. the tokenizer
-    base = load_builder(builder)(str(model_path))
+    base = load_builder(builder)(str(model_path))  # the user's function, called with the checkpoint path
     adapter = adapter_for(base)
     pixel_range = tuple(float(v) for v in adapter.pixel_range)
     base.eval()

@@ -104,14 +104,24 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_builder_errors(tmp_path):
+    from vqswitch.adapters import load_builder, load_model
+
     with pytest.raises(ValueError, match="module:function"):
-        bench_faces.load_builder("no_colon_here")
+        load_builder("no_colon_here")
     with pytest.raises(ValueError, match="no such file"):
-        bench_faces.load_builder(str(tmp_path / "missing.py") + ":build")
+        load_builder(str(tmp_path / "missing.py") + ":build")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_here'"):
+        load_builder("no_such_module_here:build")
     f = tmp_path / "m.py"
-    f.write_text("x = 1\n")
+    f.write_text("import torch\nx = 1\ndef not_a_model():\n    return 3\ndef unknown():\n    return torch.nn.Linear(2, 2)\n")
     with pytest.raises(ValueError, match="no function 'build'"):
-        bench_faces.load_builder(f"{f}:build")
+        load_builder(f"{f}:build")
+    with pytest.raises(TypeError, match="returned int, not a torch.nn.Module"):
+        load_model(f"{f}:not_a_model")
+    with pytest.raises(ValueError, match="no vqswitch adapter recognises Linear"):
+        load_model(f"{f}:unknown")
+    model = load_model(str(ROOT / "examples" / "vqvae_cifar.py") + ":build")  # the user-code example, by path
+    assert type(model).__name__ == "VQVAE" and not model.training
 
 
 def test_even_subset_spreads_over_labels():
