@@ -55,7 +55,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_rate_distortion's verdict helpers
 
-from bench_rate_distortion import Setting, _machine, baseline_curve, compute_verdict  # noqa: E402
+from bench_rate_distortion import Setting, _machine, compute_verdict  # noqa: E402
 
 __all__ = ["FaceConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "format_table", "main"]
 
