@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 import json
 
 import numpy as np
@@ -290,5 +291,42 @@ def test_demo_data_errors(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error" in err and expected in err and "Traceback" not in err
     assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ --model
+
+VQVAE_BUILDER = str(Path(__file__).resolve().parents[1] / "examples" / "vqvae_cifar.py") + ":build"
+
+
+@pytest.mark.slow
+def test_demo_from_a_pretrained_user_model_on_a_face_folder(tmp_path, capsys):
+    """--model builds the user's own described model (the real vqvae-cifar, by its user-code example): its own codebook
+    is the baseline (no training), faces take its 64x64 size and [-0.5, 0.5] pixels, STSCQ spends fewer bits."""
+    root = _face_folder(tmp_path / "faces", identities=5, per_identity=4, size=64)
+    out = tmp_path / "out"
+    assert main(["--quick", "--out", str(out), "--no-progress", "--data", str(root), "--model", VQVAE_BUILDER]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["config"]["pretrained"] and saved["config"]["tokenizer"] == "VQVAE"
+    assert saved["config"]["image_size"] == 64 and saved["config"]["codebook_size0"] == 512
+    base, stscq = saved["baseline"], saved["stscq"]
+    assert (base["num_tokens"], base["codebook_size"], base["bits_per_image"]) == (256, 512, 2304)
+    assert stscq["bits_per_image"] == bits_per_image(256, QUICK.codebook_size, QUICK.num_groups) < 2304
+    assert base["psnr"] > 20  # a real pretrained tokenizer, not an untrained one
+    run = json.loads((out / "run.json").read_text())
+    assert run["adapter"] == "generic:vqvae-cifar" and run["base_model"] is None  # a local file is never recorded
+
+
+@pytest.mark.parametrize("spec, expected", [("no_such_module_xyz:build", "cannot import module"),
+                                            ("missing_file.py:build", "no such file"),
+                                            (VQVAE_BUILDER.replace(":build", ":nothing"), "no function 'nothing'")])
+def test_demo_model_errors(spec, expected, tmp_path, capsys):
+    from vqswitch.cli import main as vqswitch
+
+    assert main(["--quick", "--out", str(tmp_path / "out"), "--no-progress", "--model", spec]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "out"), "--no-progress", "--model", spec]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -728,8 +728,8 @@ def cmd_demo(args) -> int:
         raise CLIError(f"--out {str(out)!r} exists and is not a folder")
     try:
         data = check_data_folder(args.data)
-        metrics = run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data)
-    except ValueError as e:  # an unusable --data folder (no identities, one identity, ...)
+        metrics = run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data, model=args.model)
+    except (ValueError, TypeError) as e:  # an unusable --data folder or --model spec
         raise CLIError(_one_line(e)) from None
     if args.json:
         print(json.dumps(metrics, indent=2))

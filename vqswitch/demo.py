@@ -278,9 +278,10 @@ def evaluate_baseline(model, images: torch.Tensor, cfg: DemoConfig) -> tuple[dic
 
 
 @torch.no_grad()
-def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def evaluate_swapped(model, images: torch.Tensor, pixel_range=(0.0, 1.0)) -> tuple[dict, torch.Tensor]:
     """A swapped model through its codes (encode_codes -> decode_codes) on images (N, 3, H, W) in [0, 1]
-    -> (metrics, reconstructions), as :func:`evaluate_baseline` plus group_counts; usage is counted on these images.
+    -> (metrics, reconstructions in [0, 1]), as :func:`evaluate_baseline` plus group_counts; usage is counted on
+    these images. ``pixel_range`` is the model's: images are mapped to it before encoding and back after decoding.
     """
     from vqswitch.adapters import decode_codes, encode_codes, swapped_quantizer
     from vqswitch.codebooks import add_code_counts, utilization
@@ -294,8 +295,8 @@ def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
     group_counts = torch.zeros(M, dtype=torch.long)
     recons = []
     for s in _batches(images.shape[0], 64):
-        codes = encode_codes(model, images[s])
-        recons.append(decode_codes(model, codes).clamp(0.0, 1.0))
+        codes = encode_codes(model, to_pixel_range(images[s], pixel_range))
+        recons.append(from_pixel_range(decode_codes(model, codes).float(), pixel_range).clamp(0.0, 1.0))
         add_code_counts(usage, group_counts, codes.groups.cpu(), codes.indices.cpu())
     recon = torch.cat(recons)
     util = utilization(usage, group_counts)
@@ -303,6 +304,18 @@ def evaluate_swapped(model, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
     result.update(num_tokens=T, codebook_size=K, num_groups=M, token_specific=q.token_specific,
                   utilization_mean=util.mean, group_counts=group_counts.tolist())
     return result, recon
+
+
+def to_pixel_range(images: torch.Tensor, pixel_range) -> torch.Tensor:
+    """images in [0, 1] -> the same images in ``pixel_range`` (lo, hi)."""
+    lo, hi = pixel_range
+    return images if (lo, hi) == (0.0, 1.0) else images * (hi - lo) + lo
+
+
+def from_pixel_range(images: torch.Tensor, pixel_range) -> torch.Tensor:
+    """images in ``pixel_range`` (lo, hi) -> [0, 1] (not clamped)."""
+    lo, hi = pixel_range
+    return images if (lo, hi) == (0.0, 1.0) else (images - lo) / (hi - lo)
 
 
 def grid_rows(originals: torch.Tensor, metrics: dict, recons: dict) -> list[tuple[str, torch.Tensor]]:
@@ -349,7 +362,7 @@ def format_table(metrics: dict) -> str:
 
 
 def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, progress: bool = True,
-             config: DemoConfig | None = None, data=None) -> dict:
+             config: DemoConfig | None = None, data=None, model=None) -> dict:
     """Run the demo (see the module docstring) and return its metrics (what ``metrics.json`` holds).
 
     Args:
@@ -362,18 +375,39 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         data: None (procedural faces), or a face folder (str or PathLike; one sub-folder per identity): its
             identities are split into training and test people (:func:`folder_faces`), images resized to the
             tokenizer's ``image_size``.
+        model: None (train the demo's own small MaskGIT-VQGAN), or a pretrained tokenizer: an ``nn.Module`` an
+            adapter recognises, or a spec :func:`vqswitch.adapters.load_model` reads (a checkpoint
+            ``load_pretrained`` reads, or ``module:function`` / ``path/file.py:function`` building the user's own
+            described model). Its own codebook is the baseline (no training), images take its configured size and
+            pixel range, and K must not exceed its K0.
     Prints the before/after table to stdout.
     Raises TypeError/ValueError for bad arguments, ``FloatingPointError`` if training diverges.
     """
-    from vqswitch.adapters import encode_latents, save_swapped, swap_quantizer
+    from vqswitch.adapters import adapter_for, encode_latents, load_model, save_swapped, swap_quantizer
+    from vqswitch.adapters.saving import shareable_source
     from vqswitch.atomic import atomic_write_bytes
     from vqswitch.data import save_labelled_grid
     from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 
     seed = check_seed(seed)
     cfg = config = pick_config(quick, config, DemoConfig, QUICK, FULL)
-    if cfg.codebook_size > cfg.codebook_size0:
-        raise ValueError(f"codebook_size K={cfg.codebook_size} must be <= codebook_size0 K0={cfg.codebook_size0}")
+    pretrained, model_spec = None, None
+    if model is not None:
+        if isinstance(model, torch.nn.Module):
+            pretrained = model
+        else:
+            model_spec = str(model)
+            pretrained = load_model(model)
+        adapter = adapter_for(pretrained)
+        pixel_range = tuple(float(v) for v in adapter.pixel_range)
+        size = adapter.image_size(pretrained)
+        if size[0] != size[1]:
+            raise ValueError(f"the demo draws square faces, but the model is configured for {size[0]}x{size[1]} images")
+        image_size, K0 = int(size[0]), int(adapter.codebook(pretrained).shape[0])
+    else:
+        pixel_range, image_size, K0 = (0.0, 1.0), cfg.image_size, cfg.codebook_size0
+    if cfg.codebook_size > K0:
+        raise ValueError(f"codebook_size K={cfg.codebook_size} must be <= the baseline's K0={K0}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
@@ -386,42 +420,48 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
 
     # 1. data: held-out test faces are the images after the training ones
     if data is None:
-        train, test = split_faces(cfg.num_train, cfg.num_test, cfg.image_size, seed)
+        train, test = split_faces(cfg.num_train, cfg.num_test, image_size, seed)
         data_info = {"name": "ProceduralFaces", "train_images": cfg.num_train,
                      "test": f"held-out indices {cfg.num_train}..{cfg.num_train + cfg.num_test - 1}"}
         data_description = (f"vqswitch.data.ProceduralFaces (seed {seed}): {cfg.num_train} procedural "
-                            f"{cfg.image_size}x{cfg.image_size} faces drawn from random identity attributes")
+                            f"{image_size}x{image_size} faces drawn from random identity attributes")
     else:
         if not isinstance(data, (str, os.PathLike)):
             raise TypeError(f"data must be a folder path (str or PathLike) or None, got {type(data).__name__}")
-        train, test, data_info = folder_faces(data, cfg.image_size, seed, max_train=8 * cfg.num_train,
+        train, test, data_info = folder_faces(data, image_size, seed, max_train=8 * cfg.num_train,
                                               max_test=4 * cfg.num_test)
         data_info = {"name": f"face folder {Path(data).name}", **data_info,
                      "test": f"{data_info['test_images']} images of {data_info['test_identities']} held-out people"}
         data_description = (f"{data_info['train_images']} face images of {data_info['train_identities']} people "
-                            f"from {Path(data).name}/, resized to {cfg.image_size}x{cfg.image_size}")
+                            f"from {Path(data).name}/, resized to {image_size}x{image_size}")
 
     # 2. the baseline: a standard global-codebook VQ tokenizer
     phases = {"data": time.perf_counter() - start}
-    model = build_tokenizer(cfg)
-    baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
-    phases["baseline"] = time.perf_counter() - start - sum(phases.values())
-    baseline, baseline_recon = evaluate_baseline(model, test, cfg)
+    train_m = to_pixel_range(train, pixel_range)  # what the model trains on, in its own pixel range
+    if pretrained is None:
+        model = build_tokenizer(cfg)
+        baseline_log = train_baseline(model, train, cfg, seed=seed, progress=progress)
+        phases["baseline"] = time.perf_counter() - start - sum(phases.values())
+        baseline, baseline_recon = evaluate_baseline(model, test, cfg)
+    else:  # the pretrained model as it comes, through the exact M=1 drop-in swap of its own codebook
+        model, baseline_log = pretrained, []
+        baseline, baseline_recon = evaluate_swapped(swap_quantizer(copy.deepcopy(model)), test, pixel_range)
+        phases["baseline"] = time.perf_counter() - start - sum(phases.values())
     stage3 = StageConfig(steps=cfg.stage3_steps, lr=cfg.stage3_lr, batch_size=cfg.stage_batch_size, l2_weight=1.0)
 
     # 2b. the fair reference: the same baseline with the same stage-3 decoder fine-tuning STSCQ gets. Swapped with
     #     M=1 and its own K0 codes (an exact drop-in: identical codes), so only the decoder changes.
     tuned = copy.deepcopy(model)
-    swap_quantizer(tuned, num_groups=1, codebook_size=cfg.codebook_size0, token_specific=False, init="codebook")
-    tuned = Finetuner(tuned, train, out / "run-baseline-decoder",
+    swap_quantizer(tuned, num_groups=1, codebook_size=K0, token_specific=False, init="codebook")
+    tuned = Finetuner(tuned, train_m, out / "run-baseline-decoder",
                       FinetuneConfig(stages=(3,), seed=seed, progress=progress, stage3=stage3)).run()
-    baseline_tuned, tuned_recon = evaluate_swapped(tuned, test)
+    baseline_tuned, tuned_recon = evaluate_swapped(tuned, test, pixel_range)
     del tuned
     phases["baseline_stage3"] = time.perf_counter() - start - sum(phases.values())
 
     # 3. swap in STSCQ (M groups of K codes, token-shared, data-driven start) and run the three stages
     with torch.no_grad():
-        latents = encode_latents(model, train)
+        latents = encode_latents(model, train_m[:4096])  # the k-means start needs no more
     torch.manual_seed(seed)  # the router's initialisation: independent of what ran before
     swap_quantizer(model, num_groups=cfg.num_groups, codebook_size=cfg.codebook_size, token_specific=False,
                    init="latents", latents=latents, seed=seed)
@@ -430,16 +470,17 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
         stage1=StageConfig(steps=cfg.stage1_steps, lr=cfg.stage12_lr, batch_size=cfg.stage_batch_size),
         stage2=StageConfig(steps=cfg.stage2_steps, lr=cfg.stage12_lr, batch_size=cfg.stage_batch_size),
         stage3=stage3)
-    model = Finetuner(model, train, run_dir, ft_config).run()
-    stscq, stscq_recon = evaluate_swapped(model, test)
+    model = Finetuner(model, train_m, run_dir, ft_config).run()
+    stscq, stscq_recon = evaluate_swapped(model, test, pixel_range)
     phases["stscq_stages"] = time.perf_counter() - start - sum(phases.values())
 
     # 4. report and save
     save_swapped(model, out / "checkpoint")
     metrics = {
         "config": {**asdict(cfg), "channel_mult": list(cfg.channel_mult), "quick": quick, "seed": seed,
-                   "tokenizer": "MaskGitVQGAN", "data": data_info["name"], "test_images": data_info["test"],
-                   "data_info": data_info},
+                   "tokenizer": "MaskGitVQGAN" if pretrained is None else type(pretrained).__name__,
+                   "pretrained": pretrained is not None, "image_size": image_size, "codebook_size0": K0,
+                   "data": data_info["name"], "test_images": data_info["test"], "data_info": data_info},
         "baseline": {**baseline, "train_final_l2": baseline_log[-1]["l2"] if baseline_log else None},
         "baseline_decoder_tuned": baseline_tuned,
         "stscq": stscq,
@@ -453,16 +494,20 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     save_labelled_grid(grid_rows(test[:k], metrics, {"baseline": baseline_recon[:k], "baseline_decoder_tuned":
                                                      tuned_recon[:k], "stscq": stscq_recon[:k]}),
                        out / "reconstructions.png", scale=cfg.grid_scale, pixel_range=(0.0, 1.0))
+    base_repo, base_revision = shareable_source(model_spec) if model_spec else (None, None)  # never a local path
     run_info = {  # what `vqswitch push` puts in the model card
-        "format": "vqswitch-run", "adapter": "maskgit-vqgan", "base_model": None, "base_revision": None,
-        "base_description": f"a small MaskGitVQGAN trained from scratch by `vqswitch demo` (seed {seed}) with one "
-                            f"global codebook of {cfg.codebook_size0} codes",
+        "format": "vqswitch-run", "adapter": adapter_for(model).name,
+        "base_model": base_repo, "base_revision": base_revision,
+        "base_description": (f"a small MaskGitVQGAN trained from scratch by `vqswitch demo` (seed {seed}) with one "
+                             f"global codebook of {K0} codes") if pretrained is None else
+                            (f"a pretrained {type(pretrained).__name__} ({adapter_for(model).name} adapter) with one "
+                             f"global codebook of {K0} codes"),
         "data": {"description": data_description, "path": None if data is None else str(data),
                  "num_images": int(train.shape[0])},
         "num_groups": cfg.num_groups, "codebook_size": cfg.codebook_size, "finetune": ft_config.to_dict()}
     atomic_write_bytes(out / "run.json", (json.dumps(run_info, indent=2) + "\n").encode("utf-8"))
     print(format_table(metrics))
-    print(f"(test: {test.shape[0]} held-out {cfg.image_size}x{cfg.image_size} faces; {metrics['wall_seconds']} s; "
+    print(f"(test: {test.shape[0]} held-out {image_size}x{image_size} faces; {metrics['wall_seconds']} s; "
           f"outputs in {out})")
     return metrics
 
@@ -487,6 +532,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a tiny run of a few seconds (smoke test)")
     parser.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--model", metavar="SPEC", help="start from a pretrained tokenizer instead of training the "
+                        "demo's own: a checkpoint load_pretrained reads (file, folder or Hub id), or module:function / "
+                        "path/file.py:function that builds your own described model (e.g. "
+                        "examples/vqvae_cifar.py:build); its own codebook is the baseline")
     parser.add_argument("--data", metavar="DIR", help="your own faces instead of procedural ones: a folder with one "
                         "sub-folder per identity (e.g. ../shared/data/celeba-faces-64); train and test are split "
                         "by identity, images resized to the tokenizer's size")
@@ -519,7 +568,7 @@ def main(argv=None) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {str(out)!r} exists and is not a folder")
         data = check_data_folder(args.data)
-        run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data)
+        run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data, model=args.model)
     except ValueError as e:
         print(f"vqswitch demo: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
