@@ -10,6 +10,7 @@ _extras = {
     "diffusers": ["diffusers>=0.30"],
     "transformers": ["transformers>=4.40"],
     "triton": ["triton>=3.0"],
+    "plots": ["matplotlib>=3.5"],  # vqswitch eval --plots, vqswitch.metrics.plot_*
 }
 _extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build",
                                                                              "vector-quantize-pytorch>=1.32"})

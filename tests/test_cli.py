@@ -33,8 +33,9 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def assert_error(code, out, err, *needles):
-    assert code == 2
+def assert_error(code, out, err, *needles, exit_code=2):
+    """One ``vqswitch: error:`` line; exit code 2 for usage errors, 1 (exit_code=1) for runtime failures."""
+    assert code == exit_code
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vqswitch: error: "), err
@@ -210,10 +211,10 @@ def test_info_config_weights_mismatch(tmp_path, capsys):
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["codebook_size"] = 32
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
-    assert_error(*run(capsys, "info", tmp_path / "c"), "ValueError", "does not match config.json")
+    assert_error(*run(capsys, "info", tmp_path / "c"), "ValueError", "does not match config.json", exit_code=1)
 
     (tmp_path / "c" / "config.json").write_text("{not json")
-    assert_error(*run(capsys, "info", tmp_path / "c"), "cannot load")
+    assert_error(*run(capsys, "info", tmp_path / "c"), "cannot load", exit_code=1)
 
 
 def test_info_from_offline_hub_cache(tmp_path, monkeypatch, capsys):
@@ -235,7 +236,7 @@ def test_info_from_offline_hub_cache(tmp_path, monkeypatch, capsys):
         info = json.loads(out)
         assert info["config"]["codebook_size"] == 1024 and info["bits_per_image"] == 4 * 10 + 4
     assert_error(*run(capsys, "info", "org/absent", "--cache-dir", tmp_path / "cache"),
-                 "'org/absent'", "Hugging Face Hub")
+                 "'org/absent'", "Hugging Face Hub", exit_code=1)
 
 
 # ---------------------------------------------------------------- the installed console script

@@ -58,7 +58,7 @@ def test_compress_then_decompress(model_dir, faces, tmp_path, capsys, mode):
     assert re.search(rf"^fixed +{fixed} +{fixed / 1024:.4f}$", printed, flags=re.M)  # both modes' costs
     assert re.search(r"^entropy +[\d.]+ +[\d.]+ +\([\d.]+% fewer bits than fixed", printed, flags=re.M)
     assert main(["compress", *map(str, faces), "--model", str(model_dir), "-o", str(out), "--mode", mode,
-                 "--no-progress", "--json"]) == 0
+                 "--no-progress", "--json", "--overwrite"]) == 0  # an existing file is replaced only when asked
     report = json.loads(capsys.readouterr().out)
     assert report["count"] == 5 and report["fixed_bits_per_image"] == fixed
     assert report["mode"] == ("entropy" if mode == "auto" else mode)  # auto: entropy coding is the smaller here
@@ -96,7 +96,7 @@ def test_errors_are_one_line_and_leave_nothing(model_dir, faces, tmp_path, capsy
     data[len(data) // 2] ^= 0x01
     bad = tmp_path / "bad.vqs"
     bad.write_bytes(bytes(data))
-    assert main(["decompress", str(bad), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert main(["decompress", str(bad), "-o", str(tmp_path / "o"), "--no-progress"]) == 1  # a runtime failure
     assert "vqswitch: error:" in capsys.readouterr().err and not (tmp_path / "o").exists()
     model = ["--model", str(model_dir)]
     assert main(["decompress", str(good), "-o", str(tmp_path / "o"), "--no-progress", *model]) == 0
@@ -172,11 +172,11 @@ def test_a_config_asking_for_more_than_its_weights_hold_fails_before_building(mo
     capsys.readouterr()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--trust-file-model"]) == 2
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--trust-file-model"]) == 1
     seconds = time.perf_counter() - t0
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is KiB on Linux
     err = capsys.readouterr().err
     assert err.startswith("vqswitch: error:") and "codebooks" in err and "does not match" in err
     assert grown_mib < 200 and seconds < 10, (grown_mib, seconds)
-    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--model", str(folder)]) == 2
+    assert main(["decompress", str(vqs), "-o", str(tmp_path / "o"), "--no-progress", "--model", str(folder)]) == 1
     assert "does not match" in capsys.readouterr().err
