@@ -33,7 +33,8 @@ Protocol (every row starts from the same pretrained tokenizer, whose encoder sta
 
 Writes into ``--out``: ``results.json`` (everything, atomically), ``table.md`` and ``table.txt``,
 ``psnr_vs_bpp.png`` and ``verification_vs_bpp.png``, ``reconstructions.png`` (a few test faces per row), and every
-fine-tuned model under ``models/<row>/`` (``vqswitch.adapters.save_swapped`` format). ``--quick`` is a smoke run
+fine-tuned model under ``models/<row>/`` (``vqswitch.adapters.save_swapped`` format); while it runs, every
+finished row is in ``results.partial.json``. ``--quick`` is a smoke run
 (under 3 minutes on 2 cores) whose numbers mean nothing.
 """
 from __future__ import annotations
@@ -350,6 +351,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
 
     from vqswitch.adapters import (adapter_for, encode_latents, load_builder, save_swapped, swap_quantizer,
                                    swapped_quantizer)
+    from vqswitch.atomic import atomic_write_bytes
     from vqswitch.demo import check_seed
     from vqswitch.identity import DlibFaceEmbedder, embed_images
 
@@ -419,6 +421,10 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
                        ids=main["ids"], verification=main["verification"],
                        verification_std=main["verification_std"], verification_se=main["verification_se"])
             rows.append(row)
+            # nothing lost if a long run dies: every finished row is on disk at once
+            atomic_write_bytes(out / "results.partial.json", (json.dumps(
+                {"rows": rows, "sets": set_info, "config": _config_dict(config), "data": split_info}, indent=1)
+                + "\n").encode())
             return row
 
         # the tokenizer as it comes: the exact M=1 drop-in of its own codebook
@@ -464,6 +470,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     write_outputs(result, grids, test_set, out)
+    (out / "results.partial.json").unlink(missing_ok=True)
     return result
 
 

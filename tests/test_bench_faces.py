@@ -72,6 +72,7 @@ def test_quick_run_on_unseen_folders(folders, tmp_path):
     result = json.loads((out / "results.json").read_text())
     for name in ("table.md", "table.txt", "psnr_vs_bpp.png", "verification_vs_bpp.png", "reconstructions.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "results.partial.json").exists()  # the finished run replaced it
     cfg = bench_faces.QUICK
     rows = result["rows"]
     # as it comes + every baseline K + every STSCQ (M, K)
