@@ -230,14 +230,25 @@ def test_info_describes_a_swapped_model(swapped, capsys):
     assert sum(info["utilisation"]["group_counts"]) == 64
 
 
-def test_info_on_the_demo_checkpoint(tmp_path, capsys):
-    from vqswitch.demo import run_demo
-
-    run_demo(tmp_path / "demo", quick=True, progress=False)
-    capsys.readouterr()
-    code, out, err = run(capsys, "info", tmp_path / "demo" / "checkpoint")
+def test_demo_quick_json_then_info_on_its_checkpoint(tmp_path, capsys):
+    """The new user's path: `vqswitch demo --quick --json`, then `vqswitch info` on the only checkpoint they have."""
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--quick", "--json", "--no-progress", "--out", out)
     assert code == 0, err
-    assert "adapter:" in out and "bits per image:" in out
+    metrics = json.loads(stdout)  # stdout is only the JSON
+    assert metrics["config"]["quick"] is True and "PSNR" in err  # the table went to stderr
+    code, stdout, err = run(capsys, "info", out / "checkpoint")
+    assert code == 0, err
+    assert "adapter:" in stdout and f"bits per image: {metrics['stscq']['bits_per_image']}" in stdout
+
+
+def test_demo_quick_never_replaces_a_full_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    full = json.dumps({"config": {"quick": False}, "stscq": {}})
+    (out / "metrics.json").write_text(full)
+    one_line_error(*run(capsys, "demo", "--quick", "--out", out), 2, "full demo", "--overwrite")
+    assert (out / "metrics.json").read_text() == full
 
 
 # ================================================================ 4. eval tells the truth

@@ -717,6 +717,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _holds_full_demo(out) -> bool:
+    """Whether ``out/metrics.json`` is a full (not --quick) demo's."""
+    try:
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            config = json.load(f).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(config, dict) and config.get("quick") is False
+
+
 def cmd_demo(args) -> int:
     """Run :func:`vqswitch.demo.run_demo` (it prints the before/after table)."""
     from pathlib import Path
@@ -726,9 +736,15 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} exists and is not a folder")
+    if args.quick and not args.overwrite and _holds_full_demo(out):
+        raise CLIError(f"--out {str(out)!r} holds a full demo's results, which --quick would replace; choose another "
+                       f"--out (e.g. {str(out) + '-quick'!r}) or pass --overwrite")
     try:
         data = check_data_folder(args.data)
-        metrics = run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data, model=args.model)
+        # --json: stdout carries only the JSON (the demo's table goes to stderr)
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            metrics = run_demo(out, quick=args.quick, seed=args.seed, progress=args.progress, data=data,
+                               model=args.model)
     except (ValueError, TypeError) as e:  # an unusable --data folder or --model spec
         raise CLIError(_one_line(e)) from None
     if args.json:
@@ -942,7 +958,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = demo_arguments(sub.add_parser("demo", help="the main job: train a small tokenizer on procedural faces, swap in "
                                       "STSCQ, run the three stages, print a before/after table (CPU, minutes)"))
-    d.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    d.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout (the table goes to "
+                   "stderr)")
+    d.add_argument("--overwrite", action="store_true", help="let --quick replace a full demo's results in --out")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", help="compress images into one .vqs file (entropy-coded or fixed-length codes)")
