@@ -573,3 +573,26 @@ def test_readme_adapter_snippets_define_images():
     assert len(blocks) == 4
     for name, code in blocks:
         assert re.search(r"^images = ", code, flags=re.M), name
+
+
+# ================================================================ properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.fixed_dictionaries({"steps": st.integers(1, 5), "lr": st.sampled_from([1e-3, 3e-4]),
+                                "batch_size": st.integers(1, 4)}),
+       b=st.fixed_dictionaries({"steps": st.integers(1, 5), "lr": st.sampled_from([1e-3, 3e-4]),
+                                "batch_size": st.integers(1, 4)}),
+       stage=st.sampled_from([1, 2, 3]), progress=st.booleans(), seed=st.integers(0, 2))
+def test_config_differences_name_exactly_the_changed_training_settings(a, b, stage, progress, seed):
+    from vqswitch.train.finetune import FinetuneConfig, StageConfig, config_differences
+
+    saved = FinetuneConfig(progress=True)
+    now = FinetuneConfig(progress=progress, seed=seed)
+    setattr(saved, f"stage{stage}", StageConfig(**a))
+    setattr(now, f"stage{stage}", StageConfig(**b))
+    differ = config_differences(saved.to_dict(), now.to_dict())
+    expected = {f"stage{stage}.{k}" for k in a if a[k] != b[k]} | ({"seed"} if seed != 0 else set())
+    assert {d.split(":")[0] for d in differ} == expected  # display settings (progress) never count
