@@ -118,6 +118,32 @@ def test_worker_processes_give_the_same_embeddings(dlib_embedder, cartoon_faces,
         pickle.dumps(parallel)
 
 
+@pytest.mark.slow
+def test_worker_processes_end_with_a_killed_parent(dlib_embedder, tmp_path):
+    """A parent killed without closing the embedder (SIGKILL) leaves no worker process behind."""
+    import os
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text("import os, torch\nfrom vqswitch.identity import DlibFaceEmbedder\n"
+                      "if __name__ == '__main__':\n    e = DlibFaceEmbedder(workers=2)\n"
+                      "    e(torch.rand(8, 3, 64, 64))\n"
+                      "    print(' '.join(str(p) for p in e._pool._processes), flush=True)\n"
+                      "    os.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived their killed parent"
+
+
 # ------------------------------------------------------------------------------------------------ without dlib
 
 

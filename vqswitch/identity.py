@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -177,6 +179,14 @@ def _describe(model, pixels: np.ndarray, chunk: int, num_jitters: int) -> np.nda
 def _worker_init() -> None:
     torch.set_num_threads(1)
     _load_dlib_model()
+    parent = os.getppid()
+
+    def watch():  # a parent killed without shutting the pool down would otherwise leave this process behind
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _worker_describe(pixels: np.ndarray, chunk: int, num_jitters: int) -> np.ndarray:
