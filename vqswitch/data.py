@@ -74,6 +74,16 @@ def _check_pixel_range(pixel_range) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_root(root) -> Path:
+    """An image folder argument: a str or PathLike naming an existing folder (TypeError / ValueError otherwise)."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or PathLike, got {type(root).__name__}")
+    path = Path(root)
+    if not path.is_dir():
+        raise ValueError(f"root {str(path)!r} is not an existing folder")
+    return path
+
+
 def _check_index(value, length: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"index must be an int, got {type(value).__name__}")
@@ -567,11 +577,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, size: int, pixel_range=(0.0, 1.0), crop: str = "center", flip: bool = False,
                  extensions=IMAGE_EXTENSIONS, seed: int = 0):
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"root must be a str or PathLike, got {type(root).__name__}")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ValueError(f"root {str(self.root)!r} is not an existing folder")
+        self.root = _check_root(root)
         self.size = _check_int("size", size, 1)
         self.pixel_range = _check_pixel_range(pixel_range)
         if crop not in ("center", "random"):
@@ -704,11 +710,7 @@ class FaceFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, size: int = 64, pixel_range=(0.0, 1.0), min_size: int = 1,
                  extensions=IMAGE_EXTENSIONS, identities=None, cache: bool = True):
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"root must be a str or PathLike, got {type(root).__name__}")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ValueError(f"root {str(self.root)!r} is not an existing folder")
+        self.root = _check_root(root)
         self.size = _check_int("size", size, 1)
         self.pixel_range = _check_pixel_range(pixel_range)
         self.min_size = _check_int("min_size", min_size, 1)
@@ -1253,14 +1255,14 @@ def save_labelled_grid(rows, path, scale: int = 4, pixel_range=(0.0, 1.0), paddi
         raise ValueError("rows must be a non-empty sequence of (label, images) pairs")
     scale = _check_int("scale", scale, 1)
     padding = _check_int("padding", padding, 0)
-    pictures, labels = [], []
+    pictures, labels, size = [], [], None
     for r, row in enumerate(rows):
         if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], str):
             raise TypeError(f"rows[{r}] must be a (label: str, images: tensor) pair")
         if "\n" in row[0]:
             raise ValueError(f"rows[{r}]'s label must be one line")
         x = _grid_pixels(f"rows[{r}] images", row[1], pixel_range)
-        if pictures and tuple(x.shape[2:]) != size:
+        if size is not None and tuple(x.shape[2:]) != size:
             raise ValueError(f"rows[{r}] images are {tuple(x.shape[2:])} pixels, rows[0] images {size}")
         size = tuple(x.shape[2:])
         labels.append(row[0])
