@@ -415,7 +415,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
                 metrics, recon = evaluate_set(model, s, emb[s.name], pixel_range, embed_fn)
                 row["sets"][s.name] = metrics
                 if s is test_set:
-                    grids[label] = recon[:config.grid_images]
+                    grids[label] = recon[grid_index(s.labels, config.grid_images)]
             main = row["sets"][test_set.name]
             row.update(psnr=main["psnr"], ssim=main["ssim"], psnr_per_image=main["psnr_per_image"],
                        ids=main["ids"], verification=main["verification"],
@@ -616,13 +616,23 @@ def write_plots(result: dict, out: Path) -> list[Path]:
     return written
 
 
+def grid_index(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the images reconstructions.png shows: the first image of each person in turn (up to ``n``), then
+    further images of the same people, so the picture shows as many different people as the set holds."""
+    order, seen, rest = [], set(), []
+    for i, lab in enumerate(labels.tolist()):
+        (rest if lab in seen else order).append(i)
+        seen.add(lab)
+    return torch.tensor((order + rest)[:n], dtype=torch.long)
+
+
 def write_grid(grids: dict, test_set: FaceSet, out: Path, rows: list[dict]) -> Path:
-    """reconstructions.png: the first test faces, then each row's reconstructions of them, each under its label
-    (bits per image included), pixels enlarged 3x."""
+    """reconstructions.png: test faces of different people (:func:`grid_index`), then each row's reconstructions of
+    them, each under its label (bits per image included), pixels enlarged 3x."""
     from vqswitch.data import save_labelled_grid
 
     n = min(v.shape[0] for v in grids.values())
-    labelled = [("original", test_set.images[:n])]
+    labelled = [("original", test_set.images[grid_index(test_set.labels, n)])]
     labelled += [(f"{r['label']}: {r['bits_per_image']} bits/image", grids[r["label"]][:n]) for r in rows]
     return save_labelled_grid(labelled, out / "reconstructions.png", scale=3)
 

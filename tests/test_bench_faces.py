@@ -134,6 +134,13 @@ def test_even_subset_spreads_over_labels():
     assert torch.equal(bench_faces._even_subset(labels, None, seed=0), torch.arange(60))
 
 
+def test_grid_shows_different_people_first():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    assert bench_faces.grid_index(labels, 3).tolist() == [0, 3, 5]  # one face of each person
+    assert bench_faces.grid_index(labels, 5).tolist() == [0, 3, 5, 1, 2]  # then more of the same people
+    assert bench_faces.grid_index(labels, 20).tolist() == [0, 3, 5, 1, 2, 4, 6, 7]
+
+
 def test_verdict_on_made_up_rows():
     """The verification verdict follows the rows: a point well above the baseline curve 'beats', below 'loses'."""
     def row(method, label, bpp, ver, psnr):
