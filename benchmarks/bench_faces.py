@@ -56,7 +56,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_rate_distortion's verdict helpers
 
-from bench_rate_distortion import Setting, _machine, compute_verdict  # noqa: E402
+from bench_rate_distortion import Setting, _machine, compute_verdict, finetune_setting  # noqa: E402
 
 __all__ = ["FaceConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "format_table", "main"]
 
@@ -318,20 +318,10 @@ def _link_cache(cache, run_dir: Path) -> None:
 
 def _finetune(base, setting: Setting, config: FaceConfig, train_scaled: torch.Tensor, init_latents: torch.Tensor,
               cache, seed: int, run_dir: Path, on_step) -> object:
-    from vqswitch.adapters import swap_quantizer
-    from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig
-
-    torch.manual_seed(seed)
-    model = copy.deepcopy(base)
-    swap_quantizer(model, num_groups=setting.num_groups, codebook_size=setting.codebook_size, token_specific=False,
-                   init="latents", latents=init_latents, seed=seed)
-    steps = config.stage_steps(setting)
-    stage = {s: StageConfig(steps=steps.get(s, 0), lr=config.stage3_lr if s == 3 else config.stage12_lr,
-                            batch_size=config.batch_size, l2_weight=1.0) for s in (1, 2, 3)}
-    ft = FinetuneConfig(stages=setting.stages, seed=seed, progress=False, log_every=0,
-                        stage1=stage[1], stage2=stage[2], stage3=stage[3])
-    _link_cache(cache, run_dir)
-    return Finetuner(model, train_scaled, run_dir, ft, callback=lambda *a: on_step()).run()
+    _link_cache(cache, run_dir)  # the encoder's tokens of the training set, encoded once for every row
+    return finetune_setting(base, setting, config.stage_steps(setting), stage12_lr=config.stage12_lr,
+                            stage3_lr=config.stage3_lr, batch_size=config.batch_size, images=train_scaled,
+                            latents=init_latents, seed=seed, run_dir=run_dir, on_step=on_step)
 
 
 def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEFAULT_BUILDER,

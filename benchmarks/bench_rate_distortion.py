@@ -71,8 +71,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Setting", "RDConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "baseline_curve",
-           "compute_verdict", "format_table", "format_verdict", "write_plot", "main"]
+__all__ = ["Setting", "RDConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "finetune_setting",
+           "baseline_curve", "compute_verdict", "format_table", "format_verdict", "write_plot", "main"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: outcome labels, from best to worst for STSCQ
@@ -260,29 +260,40 @@ def _row(setting: Setting | None, result: dict, per_image_psnr: torch.Tensor, *,
     return row
 
 
+def finetune_setting(upstream, setting: Setting, steps: dict, *, stage12_lr: float, stage3_lr: float,
+                     batch_size: int, images: torch.Tensor, latents: torch.Tensor, seed: int, run_dir, on_step):
+    """Copy ``upstream``, swap in ``setting``'s quantizer (token-shared, k-means of ``latents`` (N, T, D) float) and
+    run ``setting.stages`` with ``steps`` ({stage: steps}) on ``images`` (N, C, H, W, the model's pixel range) in
+    ``run_dir``; ``on_step()`` is called after every step. Returns the fine-tuned model. Shared with bench_faces."""
+    from vqswitch.adapters import swap_quantizer
+    from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
+
+    torch.manual_seed(seed)
+    model = copy.deepcopy(upstream)
+    swap_quantizer(model, num_groups=setting.num_groups, codebook_size=setting.codebook_size, token_specific=False,
+                   init="latents", latents=latents, seed=seed)
+    stage = {s: StageConfig(steps=steps.get(s, 0), lr=stage3_lr if s == 3 else stage12_lr, batch_size=batch_size,
+                            l2_weight=1.0) for s in (1, 2, 3)}
+    ft = FinetuneConfig(stages=setting.stages, seed=seed, progress=False, log_every=0,
+                        stage1=stage[1], stage2=stage[2], stage3=stage[3])
+    return Finetuner(model, images, run_dir, ft, callback=lambda *a: on_step()).run()
+
+
 def _finetune_and_evaluate(upstream, setting: Setting, config: RDConfig, train: torch.Tensor, test: torch.Tensor,
                            latents: torch.Tensor, seed: int, on_step) -> dict:
-    """Copy ``upstream``, swap in ``setting``'s quantizer (k-means of ``latents`` (N, T, D) float), fine-tune its
-    stages on ``train`` (N, 3, H, W) float in [0, 1] and evaluate on ``test``; returns the row."""
-    from vqswitch.adapters import swap_quantizer
+    """:func:`finetune_setting` of ``setting`` on ``train`` (N, 3, H, W) float in [0, 1], evaluated on ``test``;
+    returns the row."""
     from vqswitch.demo import evaluate_swapped
     from vqswitch.metrics import psnr
-    from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 
     cfg = config.tokenizer
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    model = copy.deepcopy(upstream)
-    encoder0 = _encoder_state(model)
-    swap_quantizer(model, num_groups=setting.num_groups, codebook_size=setting.codebook_size, token_specific=False,
-                   init="latents", latents=latents, seed=seed)
+    encoder0 = _encoder_state(upstream)
     steps = config.stage_steps(setting)
-    stage = {s: StageConfig(steps=steps.get(s, 0), lr=cfg.stage3_lr if s == 3 else cfg.stage12_lr,
-                            batch_size=cfg.stage_batch_size, l2_weight=1.0) for s in (1, 2, 3)}
-    ft = FinetuneConfig(stages=setting.stages, seed=seed, progress=False, log_every=0,
-                        stage1=stage[1], stage2=stage[2], stage3=stage[3])
     with tempfile.TemporaryDirectory(prefix="vqswitch-rd-") as run_dir:
-        model = Finetuner(model, train, run_dir, ft, callback=lambda *a: on_step()).run()
+        model = finetune_setting(upstream, setting, steps, stage12_lr=cfg.stage12_lr, stage3_lr=cfg.stage3_lr,
+                                 batch_size=cfg.stage_batch_size, images=train, latents=latents, seed=seed,
+                                 run_dir=run_dir, on_step=on_step)
     result, recon = evaluate_swapped(model, test)
     same = all(torch.equal(a, b) for a, b in zip(encoder0, _encoder_state(model)))
     return _row(setting, result, psnr(test, recon, 1.0, reduction="none"), dim=cfg.z_channels,
