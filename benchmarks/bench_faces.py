@@ -341,7 +341,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
 
     from vqswitch.adapters import (adapter_for, encode_latents, load_builder, save_swapped, swap_quantizer,
                                    swapped_quantizer)
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
     from vqswitch.demo import check_seed
     from vqswitch.identity import DlibFaceEmbedder, embed_images
 
@@ -567,7 +567,7 @@ def write_plots(result: dict, out: Path) -> list[Path]:
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError("the faces benchmark's plots need matplotlib: pip install matplotlib") from err
-    from vqswitch.atomic import atomic_path
+    from vqswitch._io import atomic_path
 
     written = []
     for key, ylabel, name in (("psnr", "PSNR (dB), held-out identities", "psnr_vs_bpp.png"),
@@ -628,7 +628,7 @@ def write_grid(grids: dict, test_set: FaceSet, out: Path, rows: list[dict]) -> P
 
 
 def write_outputs(result: dict, grids: dict, test_set: FaceSet, out: Path) -> None:
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
 
     atomic_write_bytes(out / "results.json", (json.dumps(result, indent=1) + "\n").encode())
     text = format_table(result)

@@ -619,7 +619,7 @@ def write_plot(result: dict, path) -> Path | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    from vqswitch.atomic import atomic_path
+    from vqswitch._io import atomic_path
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -703,7 +703,7 @@ def main(argv=None) -> int:
     result = run_benchmark(config, quick=args.quick, seed=args.seed, progress=args.progress)
     result["command"] = "python benchmarks/bench_rate_distortion.py" + (" " + " ".join(argv if argv is not None
                                                                                         else sys.argv[1:])).rstrip()
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
 
     atomic_write_bytes(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     m = result["machine"]

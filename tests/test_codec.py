@@ -666,7 +666,7 @@ def test_decompress_file_removes_the_temporary_folder_a_killed_run_left(cm, tmp_
     import subprocess
     import sys
 
-    from vqswitch.atomic import temp_prefix
+    from vqswitch._io import temp_prefix
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # its pid is now a process that no longer runs, like a killed decompress

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vqswitch.atomic
+import vqswitch._io
 from vqswitch.bits import bits_per_image
 from vqswitch.codes import HEADER_SIZE, Codes
 
@@ -360,7 +360,7 @@ def test_failing_save_keeps_old_file(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(vqswitch.atomic.os, "replace", boom)
+    monkeypatch.setattr(vqswitch._io.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         make(b=5, seed=1).save(path)
     monkeypatch.undo()

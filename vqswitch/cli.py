@@ -470,7 +470,7 @@ def _feature_losses(args, model) -> tuple[dict, dict]:
 
 def _write_run_info(args, adapter: str, config, num_images: int, quantizer) -> None:
     """``RUN_DIR/run.json``: what the run started from (read by ``vqswitch push`` for the model card)."""
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
 
     info = {"format": "vqswitch-run", "adapter": adapter, "base_model": args.model,
             "base_revision": args.revision, "base_subfolder": args.subfolder,
@@ -689,7 +689,7 @@ def cmd_eval(args) -> int:
     result["images"] = int(every.batch_size)
     result["skipped_images"] = [str(p) for p, _ in folder.skipped]
     if args.out:  # written before the plots: a plotting failure never loses the evaluation
-        from vqswitch.atomic import atomic_write_bytes
+        from vqswitch._io import atomic_write_bytes
 
         try:
             atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())

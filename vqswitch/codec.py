@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .atomic import atomic_directory, atomic_write_bytes
+from ._io import atomic_directory, atomic_write_bytes
 from .codes import Codes
 from .container import (FORMAT_VERSION, MAGIC, MODES, U16, CodecError, ContainerHeader, build, pack_fixed, parse,
                         read_header, unpack_fixed)
@@ -734,7 +734,7 @@ def decompress_file(path, out_dir, *, model=None, revision: str | None = None, p
     File names come from the stored names made safe by :func:`output_file_names` (base names only; an unsafe name
     becomes the image's index). Existing files -- and symlinks, even dangling ones -- are never replaced unless
     ``overwrite=True`` (which replaces the link itself, never its target). The PNGs are built in a temporary folder
-    beside ``out_dir`` (:func:`vqswitch.atomic.atomic_directory`); one a killed run left is removed by the next.
+    beside ``out_dir`` (:func:`vqswitch._io.atomic_directory`); one a killed run left is removed by the next.
     Args: model: the :class:`CodecModel` (or folder / repo id) it was made with; None loads the recorded one.
     Returns: the PNG paths, in image order.
     Raises: CodecError as :func:`decompress`; FileExistsError naming an existing output file; OSError reading or

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes
+from ._io import atomic_write_bytes
 from .bits import bits_per_image, index_bits
 
 __all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_ZERO_BIT_VALUES", "check_value_count",

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from ._io import atomic_path
 from .metrics import parse_pairs, resolve_pair_image
 
 __all__ = ["procedural_faces", "ProceduralFaces", "face_attributes", "DEFAULT_NUM_IDENTITIES", "HAIR_STYLES",
@@ -1208,7 +1208,7 @@ def save_image_grid(images: torch.Tensor, path, nrow: int = 8, pixel_range=(0.0,
         images: float tensor (N, C, H, W) or one image (C, H, W), C = 3 (RGB) or 1 (grey), any device; values are
             mapped from ``pixel_range`` to [0, 255] and clamped (NaN -> 0).
         path: file to write (str or PathLike); the format follows its suffix, .png (lossless, preferred), .jpg,
-            .jpeg, .bmp or .webp. Written atomically (:func:`vqswitch.atomic.atomic_path`); folders are created.
+            .jpeg, .bmp or .webp. Written atomically (:func:`vqswitch._io.atomic_path`); folders are created.
         nrow: images per row, int >= 1 (fewer when N < nrow).
         pixel_range: (low, high), low < high.
         padding: int >= 0.

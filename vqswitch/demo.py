@@ -385,7 +385,7 @@ def run_demo(out_dir="vqswitch-demo", *, quick: bool = False, seed: int = 0, pro
     """
     from vqswitch.adapters import adapter_for, encode_latents, load_model, save_swapped, swap_quantizer
     from vqswitch.adapters.saving import shareable_source
-    from vqswitch.atomic import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes
     from vqswitch.data import save_labelled_grid
     from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
 

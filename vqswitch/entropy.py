@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes
+from ._io import atomic_write_bytes
 from .codebooks import add_code_counts
 from .codes import Codes, check_value_count
 

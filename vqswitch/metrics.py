@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from ._io import atomic_path
 from .bits import bpp as _bpp
 from .codebooks import Utilization, utilization
 

@@ -32,7 +32,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from vqswitch import bits as _bits
 from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest_codeword, nearest_group
 
-from .atomic import atomic_directory
+from ._io import atomic_directory
 from .codebooks import Utilization, add_code_counts, allocation, codebooks_from_latents, reduce_codebook, utilization
 from .codes import Codes
 from .distributed import gather_variable, global_ratio, world_size

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vqswitch.atomic import atomic_write_bytes
+from vqswitch._io import atomic_write_bytes
 from vqswitch.distributed import average_gradients, rank, world_size
 
 from .latents import LatentCache
@@ -301,7 +301,7 @@ class Finetuner:
     @staticmethod
     def _clean_stale(root: Path) -> None:
         """Remove what a killed run of ours can leave in ``checkpoints/``: the temporary of ``latest``
-        (``.latest.*.tmp``, from :func:`~vqswitch.atomic.atomic_write_bytes`) and half-written checkpoint
+        (``.latest.*.tmp``, from :func:`~vqswitch._io.atomic_write_bytes`) and half-written checkpoint
         folders (``.<name>.tmp``). A ``.<name>.old`` is the previous copy of a checkpoint moved aside just
         before the new one was renamed in: it is renamed back when the kill came between the two renames
         (no ``<name>``), else removed. Nothing else is touched."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqswitch.atomic import atomic_write_bytes
+from vqswitch._io import atomic_write_bytes
 
 __all__ = ["LatentCache"]
 

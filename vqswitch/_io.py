@@ -1,4 +1,7 @@
-"""Atomic file writes: a file a user saved is either the old one or the whole new one, never half.
+"""The one home of vqswitch's file helpers (private): atomic writes, atomic folder replacement, JSON readers.
+
+A file a user saved is either the old one or the whole new one, never half; a folder replaced with
+:func:`atomic_replace_directory` is either the old folder or the whole new one.
 
 Temporaries are made beside their target, named ``.<target name>.vqswitch-<host>-<pid>-<random>.tmp``. A process
 killed mid-write leaves its temporary behind; the next atomic write to the same target removes those of its
@@ -8,6 +11,7 @@ file (``0o666`` less the umask), whatever wrote it (``mkstemp`` and safetensors 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,7 +21,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_directory", "temp_prefix"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_directory", "atomic_replace_directory",
+           "recover_directory", "temp_prefix", "fsync_tree", "read_json_object"]
 
 
 def _default_mode() -> int:
@@ -121,3 +126,90 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
                 os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_json(path: str | os.PathLike, value, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """Write ``value`` as UTF-8 JSON (and a final newline) to ``path`` atomically."""
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every regular file under ``folder`` (before the folder is renamed into place)."""
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+
+
+def _old_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.old"
+
+
+def recover_directory(path: str | os.PathLike) -> None:
+    """Finish or undo an :func:`atomic_replace_directory` of ``path`` that a killed process left half done.
+
+    The previous folder moved aside (``.<name>.old``) is renamed back when ``path`` is missing (the kill came between
+    the two renames), else removed; stale temporaries of dead writers are removed. Nothing else is touched.
+    """
+    path = Path(path)
+    old = _old_name(path)
+    if old.is_dir() and not old.is_symlink():
+        if not path.exists():
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    _clean_stale(path.parent, path.name)
+
+
+@contextlib.contextmanager
+def atomic_replace_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it becomes ``path`` whole.
+
+    Unlike :func:`atomic_directory` (which merges files into ``path``), files of the previous ``path`` that the new
+    folder lacks are gone. The previous folder is renamed aside to ``.<name>.old``, the new one renamed in, then the
+    old one removed; a crash between the renames is undone by :func:`recover_directory` (called first here). On an
+    exception nothing changes and the temporary is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        mode = _default_mode()
+        for p in tmp.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                os.chmod(p, mode)
+        fsync_tree(tmp)
+        if not path.exists():
+            os.replace(tmp, path)
+        else:
+            old = _old_name(path)
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in the UTF-8 file ``path``.
+
+    Raises:
+        ValueError: the file is not UTF-8 JSON, or holds something other than an object (the message names
+            ``what`` and the path).
+        OSError: the file cannot be read (missing, a folder, permissions).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}")
+    return value

@@ -1,4 +1,4 @@
-"""vqswitch.atomic: a saved file is the old one or the whole new one, with ordinary permissions."""
+"""vqswitch._io: a saved file is the old one or the whole new one, with ordinary permissions."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from vqswitch.atomic import atomic_directory, atomic_path, atomic_write_bytes
+from vqswitch._io import atomic_directory, atomic_path, atomic_write_bytes
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -81,7 +81,7 @@ def _dead_pid() -> int:
 def test_stale_temporaries_of_a_killed_run_are_cleaned_on_the_next(tmp_path):
     import socket
 
-    from vqswitch.atomic import temp_prefix
+    from vqswitch._io import temp_prefix
 
     dead, alive = _dead_pid(), os.getpid()
     stale_dir = tmp_path / f"{temp_prefix('out', dead)}abc.tmp"
