@@ -358,7 +358,7 @@ class SwitchableTokenQuantizer(
         loss = (codebook_loss + self.commitment_weight * commitment_loss + self.balance_weight * rl["balance"]
                 + self.decision_weight * rl["decision"] + self.quality_weight * rl["quality"])
         if self.training and self.track_usage:
-            self._count(groups, indices)
+            self.record_usage(groups, indices)
         return QuantizerOutput(
             quantized=_StraightThrough.apply(z, q), indices=indices, groups=groups, distances=distances,
             loss=loss, commitment_loss=commitment_loss, codebook_loss=codebook_loss,
@@ -367,7 +367,17 @@ class SwitchableTokenQuantizer(
         )
 
     @torch.no_grad()
-    def _count(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
+    def record_usage(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
+        """Add codes to the usage buffers (``usage`` (M, T, K), ``group_counts`` (M,)), gathered over DDP ranks.
+
+        Training forwards do this themselves (``track_usage``); call it for codes chosen elsewhere, e.g. to
+        re-count usage over a dataset with :meth:`encode`. Every rank must call it (a rank with no images passes
+        empty tensors), as it gathers.
+
+        Args:
+            groups: (B,) int64 group ids in [0, M).
+            indices: (B, T) int64 code indices in [0, K), on the quantizer's device.
+        """
         all_indices = gather_variable(indices.reshape(-1)).view(-1, indices.shape[1])  # every rank's images
         add_code_counts(self.usage, self.group_counts, gather_variable(groups), all_indices)
 

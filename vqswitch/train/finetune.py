@@ -398,7 +398,7 @@ class Finetuner:
             else:  # this rank has no image in this batch, but still takes part in the gather
                 groups = torch.zeros(0, dtype=torch.long, device=self.device)
                 indices = torch.zeros(0, q.num_tokens, dtype=torch.long, device=self.device)
-            q._count(groups, indices)
+            q.record_usage(groups, indices)
         q.train(was_training)
 
     # ------------------------------------------------------------------ stages
