@@ -32,3 +32,10 @@ TRAINER_STATE_FILE = "trainer.pt"
 LATENTS_NAME = "latents"                 # latents.npy + latents.json: the stage 1-2 latent cache
 RUN_ENTRIES = (TRAIN_LOG_FILE, CHECKPOINTS_DIR, FINAL_DIR, RUN_INFO_FILE, f"{LATENTS_NAME}.npy",
                f"{LATENTS_NAME}.json")    # what `vqswitch finetune --overwrite` may remove from a run folder
+
+# ------------------------------------------------------------------------------------------------ demo output folders
+DEMO_METRICS_FILE = "metrics.json"       # `vqswitch demo`'s evaluation of every row (read by push, bench_codec)
+DEMO_CHECKPOINT_DIR = "checkpoint"       # its fine-tuned swapped model (save_swapped)
+DEMO_RUN_DIR = "run"                     # its STSCQ fine-tuning run folder (metrics.jsonl, checkpoints/, latents)
+DEMO_BASELINE_RUN_DIR = "run-baseline-decoder"  # the fair reference's stage-3 run folder
+DEMO_GRID_FILE = "reconstructions.png"
