@@ -152,10 +152,11 @@ def check_images(name: str, x, *, channels: int | None = None, size: tuple[int, 
     return x
 
 
-def check_image_pair(xname: str, x, yname: str, y, *, channels: int | None = None) -> None:
-    """Two finite image batches of one shape on one device (:func:`check_images` each)."""
-    check_images(xname, x, channels=channels, finite=True)
-    check_images(yname, y, channels=channels, finite=True)
+def check_image_pair(xname: str, x, yname: str, y, *, channels: int | None = None, finite: bool = True) -> None:
+    """Two image batches of one shape on one device (:func:`check_images` each; finite unless ``finite=False``,
+    which skips reading the values: no device sync, for a per-step training loss)."""
+    check_images(xname, x, channels=channels, finite=finite)
+    check_images(yname, y, channels=channels, finite=finite)
     if x.shape != y.shape:
         raise ValueError(f"{xname} and {yname} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:
