@@ -39,3 +39,6 @@ DEMO_CHECKPOINT_DIR = "checkpoint"       # its fine-tuned swapped model (save_sw
 DEMO_RUN_DIR = "run"                     # its STSCQ fine-tuning run folder (metrics.jsonl, checkpoints/, latents)
 DEMO_BASELINE_RUN_DIR = "run-baseline-decoder"  # the fair reference's stage-3 run folder
 DEMO_GRID_FILE = "reconstructions.png"
+
+# ------------------------------------------------------------------------------------------------ the .vqs container
+CONTAINER_VERSION = 1                    # the VQSF format version (vqswitch/codec/container.py); CONTAINER_MAGIC above
