@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["check_int", "check_bool", "check_real", "check_choice", "check_str", "check_path", "check_range_pair",
-           "check_float_tensor", "check_images", "check_image_pair", "is_repo_id", "check_repo_id", "is_int"]
+           "check_float_tensor", "check_images", "check_image_pair", "is_repo_id", "check_repo_id", "is_int",
+           "check_int_list", "check_size", "check_int_tensor"]
 
 
 def is_int(value) -> bool:
@@ -184,3 +185,35 @@ def check_repo_id(name: str, value) -> str:
         raise ValueError(f"{name} must be a Hub repository id 'org/name' (letters, digits, '-', '_', '.'; "
                          f"no '--' or '..'; a name of at most 96 characters), got {value!r}")
     return value
+
+
+def check_int_list(name: str, value, minimum: int | None = None, *, empty: bool = False) -> list[int]:
+    """``value`` (a list, tuple or other non-string sequence of ints, each :func:`check_int` as ``name[i]``) as a
+    list of ``int``; an empty one only with ``empty``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list of ints, got {type(value).__name__}")
+    if not value and not empty:
+        raise ValueError(f"{name} must not be empty")
+    return [check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value)]
+
+
+def check_size(name: str, value) -> tuple[int, int]:
+    """An image size: an int ``S`` (square) or a pair ``(H, W)`` of ints, each >= 1, as ``(H, W)``.
+
+    Raises TypeError for anything else, ValueError for a side below 1."""
+    if is_int(value):
+        value = (value, value)
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2
+            or not all(is_int(v) for v in value)):
+        raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {value!r}")
+    h, w = int(value[0]), int(value[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be >= 1 on each side, got {value!r}")
+    return h, w
+
+
+def check_int_tensor(name: str, t) -> torch.Tensor:
+    """An integer tensor (any shape; floating-point, complex and bool tensors are refused), returned as is."""
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    return t
