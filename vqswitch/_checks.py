@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["check_int", "check_bool", "check_real", "check_choice", "check_str", "check_path", "check_range_pair",
            "check_float_tensor", "check_images", "check_image_pair", "is_repo_id", "check_repo_id", "is_int",
-           "check_int_list", "check_size", "check_int_tensor"]
+           "check_int_list", "check_size", "check_int_tensor", "check_image_batch"]
 
 
 def is_int(value) -> bool:
@@ -217,3 +217,13 @@ def check_int_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
     return t
+
+
+def check_image_batch(name: str, x, *, channels: int | None = None, single: bool = False,
+                      finite: bool = False) -> torch.Tensor:
+    """:func:`check_images`, except that a batch may hold no image: ``(0, C, H, W)`` is returned as it is, its C, H
+    and W checked as for one image (a batcher or an embedder given nothing gives nothing back)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == 0:
+        check_images(name, torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta"), channels=channels)
+        return x
+    return check_images(name, x, channels=channels, single=single, finite=finite)
