@@ -224,6 +224,10 @@ def check_image_batch(name: str, x, *, channels: int | None = None, single: bool
     """:func:`check_images`, except that a batch may hold no image: ``(0, C, H, W)`` is returned as it is, its C, H
     and W checked as for one image (a batcher or an embedder given nothing gives nothing back)."""
     if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == 0:
-        check_images(name, torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta"), channels=channels)
+        try:
+            check_images(name, torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta"), channels=channels)
+        except ValueError:
+            c = "C" if channels is None else str(channels)
+            raise ValueError(f"{name} must have shape (B, {c}, H, W) with H, W >= 1, got {tuple(x.shape)}") from None
         return x
     return check_images(name, x, channels=channels, single=single, finite=finite)
