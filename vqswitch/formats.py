@@ -42,3 +42,6 @@ DEMO_GRID_FILE = "reconstructions.png"
 
 # ------------------------------------------------------------------------------------------------ the .vqs container
 CONTAINER_VERSION = 1                    # the VQSF format version (vqswitch/codec/container.py); CONTAINER_MAGIC above
+
+# ------------------------------------------------------------------------------------------------ face folders
+PAIRS_FILE = "pairs.txt"                 # a face folder's verification pairs (LFW's name), used by load_face_folder
