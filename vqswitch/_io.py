@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_directory", "atomic_replace_directory",
-           "recover_directory", "temp_prefix", "fsync_tree", "read_json_object"]
+           "recover_directory", "recover_directories", "temp_prefix", "fsync_tree", "read_json_object"]
 
 
 def _default_mode() -> int:
@@ -213,3 +213,18 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?:\.old|\.vqswitch-[0-9a-f]{8}-\d+-[^/]*\.tmp)")
+
+
+def recover_directories(parent: str | os.PathLike) -> None:
+    """:func:`recover_directory` for every target in ``parent`` that a killed writer left something for: a folder
+    moved aside (``.<name>.old``) or a temporary (``.<name>.vqswitch-...tmp``, of a file or a folder; only those of
+    dead processes of this host are removed). A missing ``parent`` is left missing; nothing else is touched."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    names = {m.group("name") for m in map(_LEFTOVER.fullmatch, os.listdir(parent)) if m is not None}
+    for name in sorted(names):
+        recover_directory(parent / name)
