@@ -45,3 +45,9 @@ CONTAINER_VERSION = 1                    # the VQSF format version (vqswitch/cod
 
 # ------------------------------------------------------------------------------------------------ face folders
 PAIRS_FILE = "pairs.txt"                 # a face folder's verification pairs (LFW's name), used by load_face_folder
+
+# ------------------------------------------------------------------------------------------------ the entropy model
+ENTROPY_FORMAT_VERSION = 1               # format_version in the entropy model's metadata; ENTROPY_FORMAT above
+
+# ------------------------------------------------------------------------------------------------ fine-tuning checkpoints
+CHECKPOINT_MODEL_DIR = "model"           # checkpoints/<name>/model/: the swapped model (save_swapped), beside trainer.pt
