@@ -104,9 +104,7 @@ def check_float_tensor(name: str, t) -> torch.Tensor:
     """A floating-point tensor with data (integers are refused rather than cast; a 'meta' tensor is refused)."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    if t.is_meta:
-        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
-    return t
+    return check_not_meta(name, t)
 
 
 def check_images(name: str, x, *, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -231,3 +229,10 @@ def check_image_batch(name: str, x, *, channels: int | None = None, single: bool
             raise ValueError(f"{name} must have shape (B, {c}, H, W) with H, W >= 1, got {tuple(x.shape)}") from None
         return x
     return check_images(name, x, channels=channels, single=single, finite=finite)
+
+
+def check_not_meta(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it holds data: a 'meta' tensor (a shape without values) is a ValueError."""
+    if t.is_meta:
+        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
+    return t
