@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["check_int", "check_bool", "check_real", "check_choice", "check_str", "check_path", "check_range_pair",
            "check_float_tensor", "check_images", "check_image_pair", "is_repo_id", "check_repo_id", "is_int",
-           "check_int_list", "check_size", "check_int_tensor", "check_image_batch"]
+           "check_int_list", "check_size", "check_int_tensor", "check_image_batch", "check_not_meta"]
 
 
 def is_int(value) -> bool:
