@@ -236,3 +236,10 @@ def check_not_meta(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.is_meta:
         raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
     return t
+
+
+def one_line(exc, limit: int = 1500) -> str:
+    """``str(exc)`` on one line (whitespace runs collapsed; the type name when empty), cut to ``limit`` characters:
+    another error quoted inside a message (``vqswitch push``, the command line's one-line errors)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
