@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import is_int
+from .._checks import check_int
 
 
 def rng(*entropy: int) -> np.random.Generator:
@@ -14,9 +14,7 @@ def rng(*entropy: int) -> np.random.Generator:
 def check_index(value, length: int) -> int:
     """A dataset index in ``[-length, length)`` as an index in ``[0, length)``; ``TypeError`` for a non-int (a bool
     included), ``IndexError`` out of range."""
-    if not is_int(value):
-        raise TypeError(f"index must be an int, got {type(value).__name__}")
-    value = int(value)
+    value = check_int("index", value)
     if not -length <= value < length:
         raise IndexError(f"index {value} out of range for a dataset of {length} images")
     return value % length

@@ -211,30 +211,50 @@ def verification_accuracy(emb1, emb2, same, folds: int = 10, thresholds: Sequenc
     if e1.shape != e2.shape:
         raise ValueError(f"emb1 and emb2 must have the same shape (N, E), got {tuple(e1.shape)} and {tuple(e2.shape)}")
     n = e1.shape[0]
+    labels = _check_same(same, n, "N")
+    return _verify(e1, e2, labels, _check_folds(folds, n), _check_thresholds(thresholds))
+
+
+def _check_same(same, n: int, symbol: str) -> np.ndarray:
+    """``same`` (a bool tensor, array or list of bools, one per pair) as an (n,) bool array; ``symbol`` names n."""
     if isinstance(same, np.ndarray):
         same = torch.from_numpy(same)
     elif not isinstance(same, torch.Tensor):
         if not isinstance(same, (list, tuple)) or not all(isinstance(v, (bool, np.bool_)) for v in same):
-            raise TypeError("same must be a bool tensor, bool array or list of bools of shape (N,)")
+            raise TypeError(f"same must be a bool tensor, bool array or list of bools of shape ({symbol},)")
         same = torch.tensor([bool(v) for v in same], dtype=torch.bool)
     if same.dtype != torch.bool:
         raise TypeError(f"same must have dtype bool (True = same person), got {same.dtype}")
     if same.shape != (n,):
-        raise ValueError(f"same must have shape (N,) = ({n},) to match the embeddings, got {tuple(same.shape)}")
+        raise ValueError(f"same must have shape ({symbol},) = ({n},), one per pair, got {tuple(same.shape)}")
+    return same.detach().cpu().numpy().astype(bool)
+
+
+def _check_folds(folds, n: int) -> int:
     folds = check_int("folds", folds)
     if not 2 <= folds <= n:
         raise ValueError(f"folds must be between 2 and the number of pairs N={n}, got {folds}")
-    grid = None
-    if thresholds is not None:
-        try:
-            grid = np.asarray(thresholds, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"thresholds must be a 1-D sequence of numbers: {err}") from None
-        if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
-            raise ValueError(f"thresholds must be a non-empty 1-D sequence of finite numbers, got shape {grid.shape}")
-        grid = np.unique(grid)  # sorted, so argmax's first maximum is the lowest threshold
+    return folds
+
+
+def _check_thresholds(thresholds) -> np.ndarray | None:
+    """``thresholds`` as a sorted float64 grid without repeats (None stays None)."""
+    if thresholds is None:
+        return None
+    try:
+        grid = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"thresholds must be a 1-D sequence of numbers: {err}") from None
+    if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
+        raise ValueError(f"thresholds must be a non-empty 1-D sequence of finite numbers, got shape {grid.shape}")
+    return np.unique(grid)  # sorted, so argmax's first maximum is the lowest threshold
+
+
+def _verify(e1: torch.Tensor, e2: torch.Tensor, labels: np.ndarray, folds: int,
+            grid: np.ndarray | None) -> VerificationResult:
+    """:func:`verification_accuracy` of checked arguments: (N, E) float64 CPU embeddings, (N,) bool labels."""
+    n = e1.shape[0]
     scores = _cosine(e1, e2, "emb1", "emb2").numpy()
-    labels = same.cpu().numpy().astype(bool)
     bounds = _fold_bounds(n, folds)
     accs, chosen, sizes = [], [], []
     for f in range(folds):
@@ -277,7 +297,8 @@ class IdentityMetrics:
         return d
 
 
-def _check_pairs(pairs, same, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pairs(pairs, n_images: int) -> torch.Tensor:
+    """``pairs`` (an integer tensor or array (P, 2), P >= 1, of indices into n_images images) as int64 on the CPU."""
     if isinstance(pairs, np.ndarray):
         pairs = torch.from_numpy(pairs)
     if not isinstance(pairs, torch.Tensor):
@@ -289,13 +310,15 @@ def _check_pairs(pairs, same, n_images: int) -> tuple[torch.Tensor, torch.Tensor
     if bool(((pairs < 0) | (pairs >= n_images)).any()):
         raise ValueError(f"pairs must index images in [0, {n_images}), got values in "
                          f"[{int(pairs.min())}, {int(pairs.max())}]")
-    if isinstance(same, np.ndarray):
-        same = torch.from_numpy(same)
-    if not isinstance(same, torch.Tensor) or same.dtype != torch.bool:
-        raise TypeError("same must be a bool tensor or array of shape (P,)")
-    if same.shape != (pairs.shape[0],):
-        raise ValueError(f"same must have shape (P,) = ({pairs.shape[0]},), got {tuple(same.shape)}")
-    return pairs, same.detach().cpu()
+    return pairs
+
+
+def _pair_verification(e: torch.Tensor, pairs, same, folds, thresholds) -> VerificationResult:
+    """:func:`pair_verification` of checked (N, E) float64 CPU embeddings ``e`` (the other arguments unchecked)."""
+    pairs = _check_pairs(pairs, e.shape[0])
+    p = pairs.shape[0]
+    labels = _check_same(same, p, "P")
+    return _verify(e[pairs[:, 0]], e[pairs[:, 1]], labels, _check_folds(folds, p), _check_thresholds(thresholds))
 
 
 def pair_verification(embeddings, pairs, same, folds: int = 10,
@@ -306,7 +329,7 @@ def pair_verification(embeddings, pairs, same, folds: int = 10,
         embeddings: (N, E) float embeddings of N images (torch tensor or numpy array).
         pairs: (P, 2) integer image indices into ``embeddings``, in fold order (see
             :func:`vqswitch.data.draw_pairs`).
-        same: (P,) bool, True where the pair shows one person.
+        same: (P,) bool, True where the pair shows one person (tensor, array or list).
         folds, thresholds: as :func:`verification_accuracy` (contiguous folds of ``pairs``).
     Returns:
         :class:`VerificationResult`.
@@ -314,9 +337,7 @@ def pair_verification(embeddings, pairs, same, folds: int = 10,
         TypeError / ValueError naming the argument for wrong types, shapes or out-of-range indices,
         and as :func:`verification_accuracy`.
     """
-    e = _embedding_matrix("embeddings", embeddings)
-    pairs, same = _check_pairs(pairs, same, e.shape[0])
-    return verification_accuracy(e[pairs[:, 0]], e[pairs[:, 1]], same, folds=folds, thresholds=thresholds)
+    return _pair_verification(_embedding_matrix("embeddings", embeddings), pairs, same, folds, thresholds)
 
 
 def identity_metrics(originals, reconstructions, pairs, same, folds: int = 10,
@@ -343,7 +364,7 @@ def identity_metrics(originals, reconstructions, pairs, same, folds: int = 10,
         raise ValueError(f"originals and reconstructions must have the same shape (N, E), got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
     sims = _cosine(a, b, "originals", "reconstructions")
-    ver = pair_verification(b, pairs, same, folds=folds, thresholds=thresholds)
+    ver = _pair_verification(b, pairs, same, folds, thresholds)
     n = sims.shape[0]
     return IdentityMetrics(ids=float(sims.mean()), ids_std=float(sims.std(unbiased=True)) if n > 1 else 0.0,
                            accuracy=ver.accuracy, accuracy_std=ver.std, images=n, pairs=sum(ver.fold_sizes),
