@@ -1,5 +1,6 @@
-"""`vqswitch push` (vqswitch/publish.py): the publish-format folder, its model card, the Hub calls (a fake
-HfApi that fills an offline cache) and a round trip back through load_swapped; bad input; the command line."""
+"""`vqswitch push` (vqswitch/publish/, its command line vqswitch/cli/push.py): the publish-format folder, its model
+card, the Hub calls (a fake HfApi that fills an offline cache) and a round trip back through load_swapped; bad input;
+the command line."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,9 @@ from hubcache import make_cached_repo
 from vqswitch import publish
 from vqswitch.adapters import decode_codes, encode_codes, encode_latents, load_swapped, save_swapped, swap_quantizer
 from vqswitch.bits import bits_per_image, bpp
-from vqswitch.publish import PUBLISH_FILES, build_model_card, main, prepare_upload, push
+from vqswitch._checks import check_repo_id
+from vqswitch.cli import main as cli_main
+from vqswitch.publish import PUBLISH_FILES, build_model_card, prepare_upload, push
 
 SIZE = 16  # 16x16 images, 64 tokens (downsampling factor 2)
 M, K, T = 4, 8, 64
@@ -103,7 +106,8 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     """A real (tiny) `vqswitch demo` output folder."""
-    from vqswitch.demo import DemoConfig, run_demo
+    from vqswitch.experiments.demo import run_demo
+    from vqswitch.experiments.faces import DemoConfig
 
     cfg = DemoConfig(image_size=SIZE, num_train=4, num_test=2, hidden_channels=32, channel_mult=(1, 1),
                      num_res_blocks=1, z_channels=4, codebook_size0=8, baseline_steps=1, baseline_batch_size=4,
@@ -454,11 +458,11 @@ HUB_NAMES = st.builds(lambda first, rest: first + "".join(sep + chunk for sep, c
 @settings(max_examples=40, deadline=None)
 @given(HUB_NAMES, HUB_NAMES, st.sampled_from(" /:@#?*\\\nü"), st.integers(0, 60))
 def test_repo_id_check_accepts_hub_ids_and_refuses_any_bad_character(org, name, bad, pos):
-    assert publish._check_repo_id(f"{org}/{name}") == f"{org}/{name}"
+    assert check_repo_id("repo_id", f"{org}/{name}") == f"{org}/{name}"
     text = f"{org}/{name}"
     pos = min(pos, len(text))
     with pytest.raises(ValueError):
-        publish._check_repo_id(text[:pos] + bad + text[pos:])
+        check_repo_id("repo_id", text[:pos] + bad + text[pos:])
 
 
 def test_wrong_argument_types(run, hub):
@@ -562,9 +566,13 @@ def test_out_dir_is_replaced_only_when_safe(run, tmp_path):
 
 # ------------------------------------------------------------------------------------------ command line
 def _main(argv):
+    """``vqswitch push ARGV`` in-process -> (exit code, stdout, stderr); argparse's usage errors exit (SystemExit)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        try:
+            code = cli_main(["push", *(str(a) for a in argv)])
+        except SystemExit as exc:
+            code = exc.code
     return code, out.getvalue(), err.getvalue()
 
 
