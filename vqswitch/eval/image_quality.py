@@ -34,9 +34,14 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: s
     check_image_pair("x", x, "y", y)
     L = check_real("data_range", data_range, 0.0, min_open=True)
     check_choice("reduction", reduction, REDUCTIONS)
+    return apply_reduction(psnr_unchecked(x, y, L), reduction)
+
+
+def psnr_unchecked(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """:func:`psnr` with ``reduction="none"`` of arguments the caller has checked as :func:`psnr` checks them."""
     mse = torch.cat([(x[i:i + CHUNK].double() - y[i:i + CHUNK].double()).square().mean(dim=(1, 2, 3))
                      for i in range(0, x.shape[0], CHUNK)])
-    return apply_reduction(10.0 * torch.log10(L * L / mse), reduction)
+    return 10.0 * torch.log10(data_range * data_range / mse)
 
 
 def _gaussian_window(window_size: int, sigma: float, device) -> torch.Tensor:
@@ -83,10 +88,23 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
     k1 = check_real("k1", k1, 0.0, min_open=True)
     k2 = check_real("k2", k2, 0.0, min_open=True)
     check_choice("reduction", reduction, REDUCTIONS)
-    B, C, H, W = x.shape
-    if H < ws or W < ws:
-        raise ValueError(f"images of {H}x{W} pixels are smaller than the {ws}x{ws} SSIM window; "
+    check_ssim_window(x, ws)
+    return apply_reduction(ssim_unchecked(x, y, L, ws, sigma, k1, k2), reduction)
+
+
+def check_ssim_window(x: torch.Tensor, window_size: int) -> None:
+    """ValueError unless the (B, C, H, W) images ``x`` are at least ``window_size`` pixels high and wide."""
+    H, W = x.shape[-2:]
+    if H < window_size or W < window_size:
+        raise ValueError(f"images of {H}x{W} pixels are smaller than the {window_size}x{window_size} SSIM window; "
                          "use larger images or a smaller window_size")
+
+
+def ssim_unchecked(x: torch.Tensor, y: torch.Tensor, data_range: float, ws: int = 11, sigma: float = 1.5,
+                   k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """:func:`ssim` with ``reduction="none"`` of arguments the caller has checked as :func:`ssim` checks them."""
+    L = data_range
+    B, C, H, W = x.shape
     g = _gaussian_window(ws, sigma, x.device)
     gh, gv = g.view(1, 1, 1, ws), g.view(1, 1, ws, 1)
     c1, c2 = (k1 * L) ** 2, (k2 * L) ** 2
@@ -101,4 +119,4 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
         num = (2 * mu_xy + c1) * (2 * (e_xy - mu_xy) + c2)
         den = (mu_xx + mu_yy + c1) * ((e_xx - mu_xx) + (e_yy - mu_yy) + c2)
         out.append((num / den).mean(dim=(1, 2, 3)))
-    return apply_reduction(torch.cat(out), reduction)
+    return torch.cat(out)

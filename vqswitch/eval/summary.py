@@ -5,12 +5,12 @@ from typing import Callable
 
 import torch
 
-from .._checks import check_image_pair
+from .._checks import check_image_pair, check_int, check_real
 from ..bits import bpp
 from ..codebooks import Utilization
-from .image_quality import psnr, ssim
+from .image_quality import check_ssim_window, psnr_unchecked, ssim_unchecked
 from .utilization import utilization_table
-from .verification import identity_similarity
+from .verification import check_embedder, identity_similarity_unchecked
 
 __all__ = ["evaluate"]
 
@@ -38,15 +38,21 @@ def evaluate(originals: torch.Tensor, reconstructions: torch.Tensor, *, data_ran
         as :func:`psnr`, :func:`ssim`, :func:`identity_similarity` and :func:`vqswitch.bits.bpp`.
     """
     check_image_pair("originals", originals, "reconstructions", reconstructions)
+    data_range = check_real("data_range", data_range, 0.0, min_open=True)
     B, _, H, W = originals.shape
     rate = bpp(bits_per_image, H, W)
-    p = psnr(originals, reconstructions, data_range, reduction="none")
+    check_ssim_window(originals, 11)
+    if embed is not None:
+        check_embedder(embed)
+        batch_size = check_int("batch_size", batch_size, 1)
+    table = None if util is None else utilization_table(util)  # checked before the work
+    p = psnr_unchecked(originals, reconstructions, data_range)
     exact = int(torch.isinf(p).sum())
     out = {"images": B, "height": H, "width": W, "bits_per_image": bits_per_image, "bpp": rate,
            "psnr": None if exact else float(p.mean()), "psnr_exact_images": exact,
-           "ssim": float(ssim(originals, reconstructions, data_range, reduction="mean"))}
+           "ssim": float(ssim_unchecked(originals, reconstructions, data_range).mean())}
     if embed is not None:
-        out["ids"] = float(identity_similarity(originals, reconstructions, embed, batch_size=batch_size))
-    if util is not None:
-        out["utilization"] = utilization_table(util)
+        out["ids"] = float(identity_similarity_unchecked(originals, reconstructions, embed, batch_size).mean())
+    if table is not None:
+        out["utilization"] = table
     return out

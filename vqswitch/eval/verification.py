@@ -93,15 +93,22 @@ def identity_similarity(x: torch.Tensor, y: torch.Tensor, embed: Callable[[torch
     check_embedder(embed)
     bs = check_int("batch_size", batch_size, 1)
     check_choice("reduction", reduction, REDUCTIONS)
+    return apply_reduction(identity_similarity_unchecked(x, y, embed, bs), reduction)
+
+
+def identity_similarity_unchecked(x: torch.Tensor, y: torch.Tensor, embed: Callable, batch_size: int
+                                  ) -> torch.Tensor:
+    """:func:`identity_similarity` with ``reduction="none"`` of arguments the caller has checked as it does (the
+    embeddings are still checked: they are made here)."""
     sims = []
     with torch.no_grad():
-        for i in range(0, x.shape[0], bs):
-            ex = call_embedder(embed, x[i:i + bs], "x").double()
-            ey = call_embedder(embed, y[i:i + bs], "y").double()
+        for i in range(0, x.shape[0], batch_size):
+            ex = call_embedder(embed, x[i:i + batch_size], "x").double()
+            ey = call_embedder(embed, y[i:i + batch_size], "y").double()
             if ex.shape != ey.shape:
                 raise ValueError(f"embed gave shapes {tuple(ex.shape)} for x and {tuple(ey.shape)} for y")
             sims.append(_cosine(ex, ey.to(ex.device), "embed(x)", "embed(y)"))
-    return apply_reduction(torch.cat(sims), reduction)
+    return torch.cat(sims)
 
 
 @dataclass
