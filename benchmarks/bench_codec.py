@@ -6,8 +6,8 @@
 Protocol:
 
 1. The model: ``--checkpoint DIR``, a swapped-model folder (e.g. ``vqswitch-demo/checkpoint`` from ``vqswitch demo``),
-   or else a fresh :func:`vqswitch.demo.run_demo` (the full configuration; ``--quick`` for a smoke run whose numbers
-   mean nothing) written to ``--demo-out`` (default: a temporary folder). It is loaded with
+   or else a fresh :func:`vqswitch.experiments.demo.run_demo` (the full configuration; ``--quick`` for a smoke run
+   whose numbers mean nothing) written to ``--demo-out`` (default: a temporary folder). It is loaded with
    :func:`vqswitch.codec.load_codec_model`, so its saved entropy model is the one measured.
 2. The test faces: the demo's held-out split, ``ProceduralFaces(num_train + num_test, image_size, seed)`` images
    ``num_train ..``. The split comes from the ``metrics.json`` next to the checkpoint (what the demo wrote); without
@@ -29,7 +29,6 @@ JSON atomically (``--json-out``; default ``benchmarks/results/codec.json``, or `
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from vqswitch import formats
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -45,11 +46,12 @@ def demo_split(checkpoint: Path, quick: bool, seed: int) -> dict:
     """num_train, num_test, image_size and seed of the demo run that made ``checkpoint``."""
     from dataclasses import asdict
 
-    from vqswitch.demo import FULL, QUICK
+    from vqswitch._io import read_json_object
+    from vqswitch.experiments.faces import FULL, QUICK
 
-    metrics = checkpoint.parent / "metrics.json"
+    metrics = checkpoint.parent / formats.DEMO_METRICS_FILE
     if metrics.is_file():
-        cfg = json.loads(metrics.read_text(encoding="utf-8"))["config"]
+        cfg = read_json_object(metrics, "demo metrics")["config"]
         origin = str(metrics)
     else:
         cfg = {**asdict(QUICK if quick else FULL), "seed": seed}
@@ -60,7 +62,7 @@ def demo_split(checkpoint: Path, quick: bool, seed: int) -> dict:
 
 def faces(split: dict, which: str) -> torch.Tensor:
     """The demo's training or held-out test faces, (N, 3, H, W) float in [0, 1]."""
-    from vqswitch.demo import split_faces
+    from vqswitch.experiments.faces import split_faces
 
     train, test = split_faces(split["num_train"], split["num_test"], split["image_size"], split["seed"])
     return train if which == "train" else test
@@ -121,20 +123,21 @@ def run(args) -> dict:
     """Make or take the checkpoint, measure it, print the table and write the JSON; returns the JSON's dict."""
     if args.checkpoint:
         return measure_checkpoint(Path(args.checkpoint), args, str(args.checkpoint))
-    from vqswitch.demo import run_demo
+    from vqswitch.experiments.demo import run_demo
 
     if args.demo_out:
         run_demo(args.demo_out, quick=args.quick, seed=args.seed, progress=args.progress)
-        return measure_checkpoint(Path(args.demo_out) / "checkpoint", args, str(Path(args.demo_out) / "checkpoint"))
+        checkpoint = Path(args.demo_out) / formats.DEMO_CHECKPOINT_DIR
+        return measure_checkpoint(checkpoint, args, str(checkpoint))
     with tempfile.TemporaryDirectory(prefix="bench-codec-") as tmp:
         run_demo(tmp, quick=args.quick, seed=args.seed, progress=args.progress)
-        return measure_checkpoint(Path(tmp) / "checkpoint", args, "(a temporary demo run)")
+        return measure_checkpoint(Path(tmp) / formats.DEMO_CHECKPOINT_DIR, args, "(a temporary demo run)")
 
 
 def measure_checkpoint(checkpoint: Path, args, checkpoint_label: str) -> dict:
     from vqswitch import codec
     from vqswitch.adapters import encode_latents, swapped_quantizer
-    from vqswitch._io import atomic_write_bytes
+    from vqswitch._io import atomic_write_json
     from vqswitch.entropy import EntropyModel
 
     split = demo_split(checkpoint, args.quick, args.seed)
@@ -172,16 +175,19 @@ def measure_checkpoint(checkpoint: Path, args, checkpoint_label: str) -> dict:
     }
     default = RESULTS_DIR / ("codec_quick.json" if args.quick else "codec.json")
     json_out = Path(args.json_out) if args.json_out else default
-    atomic_write_bytes(json_out, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(json_out, report)
     print(f"wrote {json_out}")
     return report
 
 
 def main(argv=None) -> int:
+    """Command line (see the module docstring) -> 0 (argparse exits 2 on bad arguments)."""
+    from vqswitch.cli._common import seed_arg
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="a swapped-model folder (default: run the demo to make one)")
     p.add_argument("--quick", action="store_true", help="tiny demo run / quick split (a smoke test)")
-    p.add_argument("--seed", type=int, default=0, help="demo seed (default: %(default)s)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="demo seed, int >= 0 (default: %(default)s)")
     p.add_argument("--demo-out", help="where the demo run goes (default: a temporary folder)")
     p.add_argument("--json-out", help="JSON output (default: results/codec.json, codec_quick.json with --quick)")
     p.add_argument("--no-refit", dest="refit", action="store_false", help="skip the entropy model refit on train codes")

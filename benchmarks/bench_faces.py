@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import re
@@ -53,10 +52,11 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # bench_rate_distortion's verdict helpers
+from vqswitch._checks import check_int, check_real
+from vqswitch.experiments.faces import batches, format_number, from_pixel_range, to_pixel_range
+from vqswitch.experiments.rate_distortion import Setting, compute_verdict, finetune_setting, machine_info, outcome
 
-from bench_rate_distortion import Setting, _machine, compute_verdict, finetune_setting  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 __all__ = ["FaceConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "format_table", "main"]
 
@@ -99,27 +99,23 @@ class FaceConfig:
     grid_images: int = 8
 
     def check(self) -> "FaceConfig":
-        """Validate (returns self); ValueError naming the field."""
+        """Validate (returns self); TypeError / ValueError naming the field."""
         for name in ("image_size", "pairs", "folds", "init_images", "batch_size", "grid_images"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("stage1_steps", "stage2_steps", "stage3_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("max_identities", "max_train_images", "max_test_images"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-                raise ValueError(f"{name} must be None or an int >= 2, got {v!r}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=2)
+        check_real("test_fraction", self.test_fraction, 0.0, 1.0, min_open=True, max_open=True)
         if self.folds < 2 or self.pairs < 2 * self.folds:
             raise ValueError(f"need folds >= 2 and pairs >= 2 * folds, got folds={self.folds}, pairs={self.pairs}")
         for name in ("baseline_k", "stscq_m", "stscq_k"):
             vals = getattr(self, name)
-            if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals):
+            if not vals:
                 raise ValueError(f"{name} must be a non-empty sequence of ints >= 1, got {vals!r}")
+            for i, v in enumerate(vals):
+                check_int(f"{name}[{i}]", v, minimum=1)
         if len(self.baseline_k) < 2:
             raise ValueError("baseline_k needs at least 2 values (a curve to compare with)")
         return self
@@ -145,16 +141,6 @@ def settings_for(config: FaceConfig) -> list[Setting]:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-def _to_unit(x: torch.Tensor, pixel_range) -> torch.Tensor:
-    lo, hi = pixel_range
-    return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-
-
-def _from_unit(x: torch.Tensor, pixel_range) -> torch.Tensor:
-    lo, hi = pixel_range
-    return x * (hi - lo) + lo
 
 
 def _even_subset(labels: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:
@@ -233,11 +219,6 @@ def load_eval_set(root, config: FaceConfig, seed: int) -> FaceSet:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def _batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))
-
-
 @torch.no_grad()
 def reconstruct(model, images: torch.Tensor, pixel_range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A swapped model through its codes on images (N, 3, S, S) in [0, 1] -> (reconstructions in [0, 1], groups
@@ -246,9 +227,9 @@ def reconstruct(model, images: torch.Tensor, pixel_range) -> tuple[torch.Tensor,
 
     model.eval()
     recons, groups, indices = [], [], []
-    for s in _batches(images.shape[0], 64):
-        codes = encode_codes(model, _from_unit(images[s], pixel_range))
-        recons.append(_to_unit(decode_codes(model, codes).float(), pixel_range))
+    for s in batches(images.shape[0], 64):
+        codes = encode_codes(model, to_pixel_range(images[s], pixel_range))
+        recons.append(from_pixel_range(decode_codes(model, codes).float(), pixel_range).clamp(0.0, 1.0))
         groups.append(codes.groups.cpu())
         indices.append(codes.indices.cpu())
     return torch.cat(recons), torch.cat(groups), torch.cat(indices)
@@ -257,7 +238,7 @@ def reconstruct(model, images: torch.Tensor, pixel_range) -> tuple[torch.Tensor,
 def identity_metrics(emb_orig: torch.Tensor, emb_rec: torch.Tensor, face_set: FaceSet) -> dict:
     """IDS (cosine of original vs reconstruction embeddings, per image) and verification accuracy on reconstructed
     pairs (both images reconstructed), from (N, E) embeddings."""
-    from vqswitch.metrics import identity_metrics as metrics
+    from vqswitch.eval import identity_metrics as metrics
 
     m = metrics(emb_orig, emb_rec, face_set.pairs, face_set.same, folds=face_set.folds)
     return {"ids": m.ids, "ids_std": m.ids_std, "verification": m.accuracy, "verification_std": m.accuracy_std,
@@ -266,7 +247,7 @@ def identity_metrics(emb_orig: torch.Tensor, emb_rec: torch.Tensor, face_set: Fa
 
 def evaluate_set(model, face_set: FaceSet, emb_orig: torch.Tensor, pixel_range, embed_fn) -> tuple[dict, torch.Tensor]:
     """One model on one face set -> (metrics dict, reconstructions (N, 3, S, S) in [0, 1])."""
-    from vqswitch.metrics import psnr, ssim
+    from vqswitch.eval import psnr, ssim
 
     recon, groups, _ = reconstruct(model, face_set.images, pixel_range)
     p = psnr(face_set.images, recon, 1.0, reduction="none")
@@ -297,7 +278,7 @@ def _prepare_latent_cache(model, train_images: torch.Tensor, pixel_range, cache_
         return encode_latents(model, x, check_range=False)
 
     def batch_items(idx):
-        return _from_unit(train_images[torch.as_tensor(idx, dtype=torch.long)], pixel_range)
+        return to_pixel_range(train_images[torch.as_tensor(idx, dtype=torch.long)], pixel_range)
 
     return LatentCache.build(cache_root / "latents", encode, int(train_images.shape[0]), batch_items, key=key,
                              progress=progress)
@@ -341,11 +322,10 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
 
     from vqswitch.adapters import (adapter_for, encode_latents, load_builder, save_swapped, swap_quantizer,
                                    swapped_quantizer)
-    from vqswitch._io import atomic_write_bytes
-    from vqswitch.demo import check_seed
-    from vqswitch.identity import DlibFaceEmbedder, embed_images
+    from vqswitch._io import atomic_write_json
+    from vqswitch.eval import DlibFaceEmbedder, embed_images
 
-    seed = check_seed(seed)
+    seed = check_int("seed", seed, minimum=0)
     config = (config or (QUICK if quick else FULL)).check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +349,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    train_scaled = _from_unit(train, pixel_range)
+    train_scaled = to_pixel_range(train, pixel_range)
 
     # 3. the originals' embeddings (the ceiling) and the unquantized decoder
     emb = {}
@@ -398,7 +378,8 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
                    "num_groups": q.num_groups, "codebook_size": q.codebook_size, "num_tokens": q.num_tokens,
                    "token_specific": q.token_specific, "stages": list(stages),
                    "stage_steps": {str(k): v for k, v in steps.items()},
-                   "codebook_params": q.num_groups * (q.num_tokens if q.token_specific else 1) * q.codebook_size * q.dim,
+                   "codebook_params": q.num_groups * (q.num_tokens if q.token_specific else 1) * q.codebook_size
+                   * q.dim,
                    "bits_per_image": q.bits_per_image, "bpp": q.bits_per_image / config.image_size ** 2,
                    "seconds": round(seconds, 1), "sets": {}}
             for s in sets:
@@ -412,9 +393,9 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
                        verification_std=main["verification_std"], verification_se=main["verification_se"])
             rows.append(row)
             # nothing lost if a long run dies: every finished row is on disk at once
-            atomic_write_bytes(out / "results.partial.json", (json.dumps(
-                {"rows": rows, "sets": set_info, "config": _config_dict(config), "data": split_info}, indent=1)
-                + "\n").encode())
+            atomic_write_json(out / "results.partial.json", {"rows": rows, "sets": set_info,
+                                                             "config": _config_dict(config), "data": split_info},
+                              indent=1)
             return row
 
         # the tokenizer as it comes: the exact M=1 drop-in of its own codebook
@@ -423,10 +404,10 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
         k0 = swapped_quantizer(as_is).codebook_size
         add_row(f"as it comes (K0={k0})", "upstream", None, as_is, [], {}, time.perf_counter() - t0)
         with torch.no_grad():
-            raw = torch.cat([_to_unit(adapter.decode_tokens(base, encode_latents(base, _from_unit(
-                test_set.images[s], pixel_range), check_range=False)), pixel_range) for s in
-                _batches(test_set.images.shape[0], 64)])
-        from vqswitch.metrics import psnr, ssim
+            raw = torch.cat([from_pixel_range(adapter.decode_tokens(base, encode_latents(base, to_pixel_range(
+                test_set.images[s], pixel_range), check_range=False)), pixel_range).clamp(0.0, 1.0) for s in
+                batches(test_set.images.shape[0], 64)])
+        from vqswitch.eval import psnr, ssim
 
         unquantized = {"psnr": float(psnr(test_set.images, raw, 1.0)), "ssim": float(ssim(test_set.images, raw, 1.0))}
         unquantized.update(identity_metrics(emb[test_set.name], embed_fn(raw), test_set))
@@ -456,7 +437,7 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
         "benchmark": "faces", "quick": quick, "seed": seed, "config": _config_dict(config),
         "model": Path(model_path).name, "builder": builder.rsplit("/", 1)[-1], "data": split_info,
         "sets": set_info, "unquantized": unquantized, "rows": rows,
-        "verdict": verdict(rows), "machine": _machine(),
+        "verdict": verdict(rows), "machine": machine_info(),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     write_outputs(result, grids, test_set, out)
@@ -500,21 +481,16 @@ def verdict(rows: list[dict]) -> dict:
         se = math.sqrt(r["verification_se"] ** 2 + ((1 - w) * lo["verification_se"]) ** 2
                        + (w * hi["verification_se"]) ** 2)
         delta = r["verification"] - base
-        outcome = ("beats" if delta > 2 * se else "beats (within noise)" if delta > 0
-                   else "loses (within noise)" if delta >= -2 * se else "loses")
+        result = outcome(delta, se)
         ver_points.append({"label": r["label"], "baseline_verification": base, "delta": delta, "se": se,
-                           "outcome": outcome})
+                           "outcome": result})
         lines.append(f"{r['label']}: verification {100 * r['verification']:.1f}% vs baseline curve "
                      f"{100 * base:.1f}% at {r['bpp']:.4f} bpp: {100 * delta:+.1f} +/- {100 * se:.1f} points "
-                     f"({outcome})")
+                     f"({result})")
     return {"psnr": psnr_verdict, "verification": {"points": ver_points, "lines": lines}}
 
 
 # ------------------------------------------------------------------------------------------------ output
-
-
-def _fmt(v, spec: str) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
 def format_table(result: dict, *, markdown: bool = False) -> str:
@@ -526,13 +502,14 @@ def format_table(result: dict, *, markdown: bool = False) -> str:
         p = by_label.get(r["label"])
         c = p["curve"] if p else None
         table.append((r["label"], str(r["num_groups"]), str(r["codebook_size"]), str(r["bits_per_image"]),
-                      _fmt(r["bpp"], ".4f"), _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"), _fmt(r["ids"], ".4f"),
+                      format_number(r["bpp"], ".4f"), format_number(r["psnr"], ".2f"),
+                      format_number(r["ssim"], ".4f"), format_number(r["ids"], ".4f"),
                       f"{100 * r['verification']:.1f} +/- {100 * r['verification_std']:.1f}",
                       f"{c['delta_db']:+.2f} +/- {c['se_db']:.2f}" if c else ""))
     u = result["unquantized"]
     main = result["sets"][0]
-    table.append(("no quantization (encoder -> decoder)", "", "", "", "", _fmt(u["psnr"], ".2f"),
-                  _fmt(u["ssim"], ".4f"), _fmt(u["ids"], ".4f"),
+    table.append(("no quantization (encoder -> decoder)", "", "", "", "", format_number(u["psnr"], ".2f"),
+                  format_number(u["ssim"], ".4f"), format_number(u["ids"], ".4f"),
                   f"{100 * u['verification']:.1f} +/- {100 * u['verification_std']:.1f}", ""))
     table.append(("original images (ceiling)", "", "", "", "", "", "", "1.0000",
                   f"{100 * main['originals_verification']:.1f} +/- {100 * main['originals_verification_std']:.1f}",
@@ -628,9 +605,9 @@ def write_grid(grids: dict, test_set: FaceSet, out: Path, rows: list[dict]) -> P
 
 
 def write_outputs(result: dict, grids: dict, test_set: FaceSet, out: Path) -> None:
-    from vqswitch._io import atomic_write_bytes
+    from vqswitch._io import atomic_write_bytes, atomic_write_json
 
-    atomic_write_bytes(out / "results.json", (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write_json(out / "results.json", result, indent=1)
     text = format_table(result)
     extra = format_eval_sets(result)
     lines = result["verdict"]["psnr"]["lines"] + result["verdict"]["verification"]["lines"]
@@ -653,8 +630,7 @@ def _int_list(text: str) -> tuple:
 
 def main(argv=None) -> int:
     """Command line (see the module docstring) -> exit code: 0 done, 1 failed, 2 bad arguments."""
-    from vqswitch.cli import parse_args
-    from vqswitch.demo import seed_arg
+    from vqswitch.cli._common import parse_args, seed_arg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="face folder, one sub-folder per identity (training + test)")

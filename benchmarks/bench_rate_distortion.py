@@ -10,7 +10,7 @@ to it differ):
 1. Draw procedural faces (:class:`vqswitch.data.ProceduralFaces`): training faces and held-out test faces (the
    images after the training ones); every row is evaluated on the same test faces.
 2. Train ONE upstream tokenizer, a small MaskGIT-VQGAN with a global codebook of K0 codes, as ``vqswitch demo``
-   does (:func:`vqswitch.demo.train_baseline`, 2000 steps; ``--upstream-steps``): after 300 steps the
+   does (:func:`vqswitch.experiments.faces.train_baseline`, 2000 steps; ``--upstream-steps``): after 300 steps the
    autoencoder itself is the bottleneck and every quantizer lands within a few tenths of a dB of every other.
    Its encoder is frozen from here on.
 3. For every setting, copy the upstream model and swap in a quantizer started from a k-means of the (same)
@@ -58,11 +58,6 @@ skipped with a message otherwise). ``--quick`` is a tiny run (seconds) whose num
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -71,70 +66,25 @@ from pathlib import Path
 
 import torch
 
+from vqswitch._checks import check_choice, check_int
+from vqswitch.experiments.faces import DemoConfig, format_number
+from vqswitch.experiments.rate_distortion import (OUTCOMES, Setting, baseline_curve, compute_verdict,  # noqa: F401
+                                                  finetune_setting, machine_info)
+
 __all__ = ["Setting", "RDConfig", "FULL", "QUICK", "settings_for", "run_benchmark", "finetune_setting",
            "baseline_curve", "compute_verdict", "format_table", "format_verdict", "write_plot", "main"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-#: outcome labels, from best to worst for STSCQ
-OUTCOMES = ("beats", "beats (within noise)", "loses (within noise)", "loses", "out of range")
 BASELINE_STAGE1 = ("matched", "same")
 
 
 # ------------------------------------------------------------------------------------------------ settings
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One point of the benchmark.
-
-    method: "baseline" (M = 1, token-shared global codebook) or "stscq"; num_groups: M; codebook_size: K;
-    token_specific: whether stage 2 makes the codebooks token-specific.
-    """
-
-    method: str
-    num_groups: int
-    codebook_size: int
-    token_specific: bool
-
-    def __post_init__(self):
-        if self.method not in ("baseline", "stscq"):
-            raise ValueError(f"method must be 'baseline' or 'stscq', got {self.method!r}")
-        for name in ("num_groups", "codebook_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not isinstance(self.token_specific, bool):
-            raise TypeError(f"token_specific must be a bool, got {type(self.token_specific).__name__}")
-        if self.method == "baseline" and (self.num_groups != 1 or self.token_specific):
-            raise ValueError("a baseline setting has num_groups=1 and token_specific=False")
-
-    @property
-    def stages(self) -> tuple:
-        """The fine-tuning stages run: (1, 2, 3) for token-specific codebooks, else (1, 3)."""
-        return (1, 2, 3) if self.token_specific else (1, 3)
-
-    @property
-    def label(self) -> str:
-        if self.method == "baseline":
-            return f"baseline K={self.codebook_size}"
-        kind = "" if self.token_specific else " shared"
-        return f"STSCQ M={self.num_groups} K={self.codebook_size}{kind}"
-
-    @property
-    def family(self) -> str:
-        """The curve this point belongs to in the plot (same method, M and codebook kind)."""
-        if self.method == "baseline":
-            return "baseline (global codebook)"
-        return f"STSCQ M={self.num_groups} {'token-specific' if self.token_specific else 'token-shared'}"
-
-
 def _int_tuple(name: str, values, minimum: int = 1) -> tuple:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
-    out = tuple(values)
-    for v in out:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{name} must hold ints >= {minimum}, got {v!r}")
+    out = tuple(check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values))
     if len(set(out)) != len(out):
         raise ValueError(f"{name} has repeated values: {out}")
     return out
@@ -144,8 +94,8 @@ def _int_tuple(name: str, values, minimum: int = 1) -> tuple:
 class RDConfig:
     """The benchmark's sizes and settings.
 
-    tokenizer: a :class:`vqswitch.demo.DemoConfig` (image size, data sizes, the upstream model, its training, the
-        stage steps and learning rates; its num_groups / codebook_size fields are unused here).
+    tokenizer: a :class:`vqswitch.experiments.faces.DemoConfig` (image size, data sizes, the upstream model, its
+        training, the stage steps and learning rates; its num_groups / codebook_size fields are unused here).
     baseline_k: K of the global-codebook baselines; stscq_m x stscq_k: the token-specific STSCQ grid;
     shared_m: M of switchable-only rows (token-shared codebooks) at every stscq_k (the ablation; may be empty);
     baseline_stage1: "matched" (stage 1 of rows without stage 2 runs stage1 + stage2 steps) or "same";
@@ -163,10 +113,9 @@ class RDConfig:
 
     def check(self) -> "RDConfig":
         """Validate (returns self). Raises TypeError/ValueError naming the field."""
-        from vqswitch.demo import DemoConfig
-
         if not isinstance(self.tokenizer, DemoConfig):
-            raise TypeError(f"tokenizer must be a vqswitch.demo.DemoConfig, got {type(self.tokenizer).__name__}")
+            raise TypeError(f"tokenizer must be a vqswitch.experiments.faces.DemoConfig, got "
+                            f"{type(self.tokenizer).__name__}")
         K0 = self.tokenizer.codebook_size0
         for name in ("baseline_k", "stscq_k"):
             ks = _int_tuple(name, getattr(self, name))
@@ -181,11 +130,8 @@ class RDConfig:
         for m in _int_tuple("shared_m", self.shared_m):
             if m < 2:
                 raise ValueError(f"shared_m values must be >= 2 (M=1 token-shared is the baseline), got {m}")
-        r = self.seed_repeats
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ValueError(f"seed_repeats must be an int >= 0, got {r!r}")
-        if self.baseline_stage1 not in BASELINE_STAGE1:
-            raise ValueError(f"baseline_stage1 must be one of {BASELINE_STAGE1}, got {self.baseline_stage1!r}")
+        check_int("seed_repeats", self.seed_repeats, minimum=0)
+        check_choice("baseline_stage1", self.baseline_stage1, BASELINE_STAGE1)
         return self
 
     def stage_steps(self, setting: Setting) -> dict:
@@ -206,8 +152,8 @@ class RDConfig:
 
 
 def _default_configs():
-    from vqswitch.demo import FULL as DEMO_FULL
-    from vqswitch.demo import QUICK as DEMO_QUICK
+    from vqswitch.experiments.faces import FULL as DEMO_FULL
+    from vqswitch.experiments.faces import QUICK as DEMO_QUICK
 
     # the demo's tokenizer, 2000 steps (at 300 steps the autoencoder itself is the bottleneck: quantizing with K0
     # codes cost 0.05 dB and every quantizer landed within a few tenths of a dB)
@@ -239,7 +185,8 @@ def _encoder_state(model) -> list[torch.Tensor]:
 
 def _row(setting: Setting | None, result: dict, per_image_psnr: torch.Tensor, *, dim: int, stages, steps, seconds,
          encoder_unchanged) -> dict:
-    """One JSON row from :func:`vqswitch.demo`'s evaluation dict; ``per_image_psnr``: (N,) float dB; ``dim``: D."""
+    """One JSON row from :func:`vqswitch.experiments.faces.evaluate_swapped`'s evaluation dict; ``per_image_psnr``:
+    (N,) float dB; ``dim``: D."""
     util = result.get("utilization", {}).get("overall", {})
     books = result["num_groups"] * (result["num_tokens"] if result["token_specific"] else 1)
     row = {
@@ -260,31 +207,12 @@ def _row(setting: Setting | None, result: dict, per_image_psnr: torch.Tensor, *,
     return row
 
 
-def finetune_setting(upstream, setting: Setting, steps: dict, *, stage12_lr: float, stage3_lr: float,
-                     batch_size: int, images: torch.Tensor, latents: torch.Tensor, seed: int, run_dir, on_step):
-    """Copy ``upstream``, swap in ``setting``'s quantizer (token-shared, k-means of ``latents`` (N, T, D) float) and
-    run ``setting.stages`` with ``steps`` ({stage: steps}) on ``images`` (N, C, H, W, the model's pixel range) in
-    ``run_dir``; ``on_step()`` is called after every step. Returns the fine-tuned model. Shared with bench_faces."""
-    from vqswitch.adapters import swap_quantizer
-    from vqswitch.train.finetune import Finetuner, FinetuneConfig, StageConfig
-
-    torch.manual_seed(seed)
-    model = copy.deepcopy(upstream)
-    swap_quantizer(model, num_groups=setting.num_groups, codebook_size=setting.codebook_size, token_specific=False,
-                   init="latents", latents=latents, seed=seed)
-    stage = {s: StageConfig(steps=steps.get(s, 0), lr=stage3_lr if s == 3 else stage12_lr, batch_size=batch_size,
-                            l2_weight=1.0) for s in (1, 2, 3)}
-    ft = FinetuneConfig(stages=setting.stages, seed=seed, progress=False, log_every=0,
-                        stage1=stage[1], stage2=stage[2], stage3=stage[3])
-    return Finetuner(model, images, run_dir, ft, callback=lambda *a: on_step()).run()
-
-
 def _finetune_and_evaluate(upstream, setting: Setting, config: RDConfig, train: torch.Tensor, test: torch.Tensor,
                            latents: torch.Tensor, seed: int, on_step) -> dict:
     """:func:`finetune_setting` of ``setting`` on ``train`` (N, 3, H, W) float in [0, 1], evaluated on ``test``;
     returns the row."""
-    from vqswitch.demo import evaluate_swapped
-    from vqswitch.metrics import psnr
+    from vqswitch.eval import psnr
+    from vqswitch.experiments.faces import evaluate_swapped
 
     cfg = config.tokenizer
     t0 = time.perf_counter()
@@ -326,10 +254,10 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
     from tqdm.auto import tqdm
 
     from vqswitch.adapters import adapter_for, encode_latents
-    from vqswitch.demo import build_tokenizer, check_seed, evaluate_baseline, pick_config, split_faces, train_baseline
-    from vqswitch.metrics import psnr, ssim
+    from vqswitch.eval import psnr, ssim
+    from vqswitch.experiments.faces import build_tokenizer, evaluate_baseline, pick_config, split_faces, train_baseline
 
-    seed = check_seed(seed)
+    seed = check_int("seed", seed, minimum=0)
     config = pick_config(quick, config, RDConfig, QUICK, FULL)
     settings = settings_for(config)
     cfg = config.tokenizer
@@ -374,8 +302,9 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
         "benchmark": "rate_distortion",
         "config": config.to_dict(), "seed": seed, "quick": quick,
         "data": f"ProceduralFaces seed {seed}: {cfg.num_train} training faces, test = held-out faces "
-                f"{cfg.num_train}..{cfg.num_train + cfg.num_test - 1} ({cfg.num_test} images of {cfg.image_size}x{cfg.image_size})",
-        "machine": _machine(),
+                f"{cfg.num_train}..{cfg.num_train + cfg.num_test - 1} ({cfg.num_test} images of "
+                f"{cfg.image_size}x{cfg.image_size})",
+        "machine": machine_info(),
         "upstream": upstream_row,
         "unquantized": unquantized,
         "rows": rows,
@@ -385,194 +314,10 @@ def run_benchmark(config: RDConfig | None = None, *, quick: bool = False, seed: 
     }
 
 
-def _machine() -> dict:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "processor": platform.processor() or platform.machine(), "cpus": cpus,
-            "torch_threads": torch.get_num_threads(),
-            "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
-
-
 # ------------------------------------------------------------------------------------------------ verdict
 
 
-def _mean(v) -> float:
-    return sum(v) / len(v)
-
-
-def _se(v) -> float:
-    """Standard error of the mean of ``v`` (sample std / sqrt(n)); 0.0 for a single value."""
-    if len(v) < 2:
-        return 0.0
-    m = _mean(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
-
-
-def baseline_curve(rows: list[dict]) -> list[dict]:
-    """The baseline rows sorted by bpp, one per bpp (the best PSNR where two K spend the same bits).
-
-    rows: result rows (dicts with method, bpp, psnr, psnr_per_image). Rows whose psnr is None are left out.
-    Raises ValueError when fewer than 2 usable baseline rows remain.
-    """
-    best: dict = {}
-    for r in rows:
-        if r["method"] == "baseline" and r["psnr"] is not None:
-            if r["bpp"] not in best or r["psnr"] > best[r["bpp"]]["psnr"]:
-                best[r["bpp"]] = r
-    if len(best) < 2:
-        raise ValueError(f"the baseline curve needs at least 2 baseline rows with a PSNR, got {len(best)}")
-    return [best[b] for b in sorted(best)]
-
-
-def _outcome(delta: float, se: float) -> str:
-    if delta > 2 * se:
-        return "beats"
-    if delta > 0:
-        return "beats (within noise)"
-    if delta >= -2 * se:
-        return "loses (within noise)"
-    return "loses"
-
-
-def _paired(row: dict, weights: list[tuple[dict, float]]) -> tuple[float, float]:
-    """Mean and SE over test faces of row's PSNR minus sum(w * baseline PSNR), per image."""
-    diffs = [p - sum(w * b["psnr_per_image"][i] for b, w in weights) for i, p in enumerate(row["psnr_per_image"])]
-    return _mean(diffs), _se(diffs)
-
-
-def compute_verdict(rows: list[dict], repeats: list[dict] = ()) -> dict:
-    """Compare every STSCQ row with the baseline rows (see the module docstring).
-
-    rows: result rows as :func:`run_benchmark` makes them (method, label, num_groups, codebook_size,
-        token_specific, bits_per_image, bpp, psnr, ssim, psnr_per_image: list of float over the same test faces).
-    repeats: rows of settings fine-tuned again with another seed (each with ``repeat_of``, the label of its row):
-        the largest PSNR change among them is ``summary["seed_noise_db"]`` (None without repeats), and
-        ``summary["beats_beyond_seed_noise"]`` counts "beats" points whose margin exceeds it.
-    Returns ``{"points": [...], "ablation": [...], "summary": {...}, "lines": [str, ...]}``; each point has
-        label, bits_per_image, bpp, psnr, curve (baseline_psnr, baseline_ssim, delta_db, se_db, delta_ssim, between,
-        weight; or None when out of range), outcome, next_baseline (label, bits_per_image, delta_db, se_db, beats;
-        or None), same_k_baseline (label, bits_per_image, delta_db, se_db; or None).
-    Raises ValueError when the baseline curve has fewer than 2 points, per-image PSNR lists differ in length, or
-    a repeat names no row.
-    """
-    curve = baseline_curve(rows)
-    by_label = {r["label"]: r for r in rows}
-    noise = []
-    for rep in repeats:
-        if rep.get("repeat_of") not in by_label:
-            raise ValueError(f"repeat {rep.get('label')!r} names no row (repeat_of={rep.get('repeat_of')!r})")
-        ref = by_label[rep["repeat_of"]]
-        if rep["psnr"] is not None and ref["psnr"] is not None:
-            noise.append({"label": ref["label"], "finetune_seed": rep.get("finetune_seed"),
-                          "delta_db": rep["psnr"] - ref["psnr"], "delta_ssim": rep["ssim"] - ref["ssim"]})
-    seed_noise = max((abs(n["delta_db"]) for n in noise), default=None)
-    n = len(curve[0]["psnr_per_image"])
-    if any(len(r["psnr_per_image"]) != n for r in rows):
-        raise ValueError("every row needs psnr_per_image over the same test faces (lengths differ)")
-    base_by_k = {r["codebook_size"]: r for r in rows if r["method"] == "baseline" and r["psnr"] is not None}
-    points, lines = [], []
-    for r in rows:
-        if r["method"] != "stscq":
-            continue
-        p = {"label": r["label"], "bits_per_image": r["bits_per_image"], "bpp": r["bpp"], "psnr": r["psnr"],
-             "curve": None, "outcome": "out of range", "next_baseline": None, "same_k_baseline": None}
-        if r["psnr"] is None:
-            points.append(p)
-            continue
-        x = r["bpp"]
-        for lo, hi in zip(curve, curve[1:]):
-            if lo["bpp"] <= x <= hi["bpp"]:
-                w = (x - lo["bpp"]) / (hi["bpp"] - lo["bpp"])
-                delta, se = _paired(r, [(lo, 1.0 - w), (hi, w)])
-                base_ssim = (1.0 - w) * lo["ssim"] + w * hi["ssim"]
-                p["curve"] = {"baseline_psnr": (1.0 - w) * lo["psnr"] + w * hi["psnr"], "baseline_ssim": base_ssim,
-                              "delta_db": delta, "se_db": se, "delta_ssim": r["ssim"] - base_ssim,
-                              "between": [lo["label"], hi["label"]], "weight": w}
-                p["outcome"] = _outcome(delta, se)
-                break
-        above = [b for b in curve if b["bits_per_image"] >= r["bits_per_image"]]
-        if above:
-            b = above[0]
-            delta, se = _paired(r, [(b, 1.0)])
-            p["next_baseline"] = {"label": b["label"], "bits_per_image": b["bits_per_image"], "delta_db": delta,
-                                  "se_db": se, "beats": delta > 0}
-        if r["codebook_size"] in base_by_k:
-            b = base_by_k[r["codebook_size"]]
-            delta, se = _paired(r, [(b, 1.0)])
-            p["same_k_baseline"] = {"label": b["label"], "bits_per_image": b["bits_per_image"], "delta_db": delta,
-                                    "se_db": se}
-        points.append(p)
-
-    # the ablation: token-specific alone (M = 1) against switchable (M > 1) at the same K
-    ablation = []
-    ts1 = {r["codebook_size"]: r for r in rows
-           if r["method"] == "stscq" and r["token_specific"] and r["num_groups"] == 1 and r["psnr"] is not None}
-    for r in rows:
-        if r["method"] == "stscq" and r["num_groups"] > 1 and r["psnr"] is not None and r["codebook_size"] in ts1:
-            ref = ts1[r["codebook_size"]]
-            delta, se = _paired(r, [(ref, 1.0)])
-            ablation.append({"label": r["label"], "reference": ref["label"],
-                             "extra_bits": r["bits_per_image"] - ref["bits_per_image"], "delta_db": delta,
-                             "se_db": se})
-
-    counts = {o: sum(p["outcome"] == o for p in points) for o in OUTCOMES}
-    in_range = [p for p in points if p["curve"] is not None]
-    summary = {"points": len(points), "outcomes": counts,
-               "beat_curve": sum(p["curve"]["delta_db"] > 0 for p in in_range),
-               "beat_next_baseline": sum(bool(p["next_baseline"] and p["next_baseline"]["beats"]) for p in points),
-               "seed_noise_db": seed_noise, "seed_repeats": noise,
-               "beats_beyond_seed_noise": None if seed_noise is None else sum(
-                   p["outcome"] == "beats" and p["curve"]["delta_db"] > seed_noise for p in points),
-               "best": None, "worst": None}
-    if in_range:
-        best = max(in_range, key=lambda p: p["curve"]["delta_db"])
-        worst = min(in_range, key=lambda p: p["curve"]["delta_db"])
-        summary["best"] = {"label": best["label"], "delta_db": best["curve"]["delta_db"]}
-        summary["worst"] = {"label": worst["label"], "delta_db": worst["curve"]["delta_db"]}
-
-    lines.append(f"{summary['beat_curve']} of {len(points)} STSCQ points lie above the baseline curve at the same "
-                 f"bpp ({counts['beats']} by more than 2 SE); {counts['out of range']} out of the baseline's bpp "
-                 f"range; {summary['beat_next_baseline']} beat even the cheapest baseline with at least as many bits.")
-    for n in noise:
-        lines.append(f"fine-tuning seed noise: {n['label']} fine-tuned again with seed {n['finetune_seed']} moved "
-                     f"PSNR by {n['delta_db']:+.2f} dB (SSIM {n['delta_ssim']:+.4f}); the paired SE below does not "
-                     f"include this")
-    if seed_noise is not None:
-        lines.append(f"{summary['beats_beyond_seed_noise']} of the {counts['beats']} 'beats' points win by more than "
-                     f"that seed noise ({seed_noise:.2f} dB)")
-    if in_range:
-        lines.append(f"best: {summary['best']['label']} {summary['best']['delta_db']:+.2f} dB; worst: "
-                     f"{summary['worst']['label']} {summary['worst']['delta_db']:+.2f} dB (vs the curve)")
-    for p in points:
-        c, nb = p["curve"], p["next_baseline"]
-        head = f"{p['label']} ({p['bits_per_image']} bits, {p['bpp']:.4f} bpp): "
-        if p["psnr"] is None:
-            lines.append(head + "PSNR undefined (an exact reconstruction); not compared")
-            continue
-        if c is None:
-            text = head + f"{p['psnr']:.2f} dB, outside the baseline's bpp range: not compared with the curve"
-        else:
-            text = (head + f"{p['psnr']:.2f} dB vs baseline curve {c['baseline_psnr']:.2f} dB -> "
-                    f"{c['delta_db']:+.2f} +/- {c['se_db']:.2f} dB, SSIM {c['delta_ssim']:+.4f}: {p['outcome']}")
-        if nb is not None:
-            text += f"; vs {nb['label']} ({nb['bits_per_image']} bits) {nb['delta_db']:+.2f} dB"
-        lines.append(text)
-    for a in ablation:
-        lines.append(f"ablation: {a['label']} vs {a['reference']} (token-specific alone, {a['extra_bits']} fewer "
-                     f"bits): {a['delta_db']:+.2f} +/- {a['se_db']:.2f} dB from switching")
-    for p in points:
-        s = p["same_k_baseline"]
-        if s is not None and p["label"].startswith("STSCQ M=1 ") and not p["label"].endswith("shared"):
-            lines.append(f"ablation: {p['label']} vs {s['label']} (same bits): {s['delta_db']:+.2f} +/- "
-                         f"{s['se_db']:.2f} dB from token-specific codebooks alone")
-    return {"points": points, "ablation": ablation, "summary": summary, "lines": lines}
-
-
 # ------------------------------------------------------------------------------------------------ output
-
-
-def _fmt(v, spec: str) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
 def format_table(result: dict) -> str:
@@ -590,9 +335,9 @@ def format_table(result: dict) -> str:
         util = r["utilization_mean"]
         table.append((r["label"], str(r["num_groups"]), str(r["codebook_size"]),
                       "per token" if r["token_specific"] else "shared", str(r["codebook_params"]),
-                      ",".join(map(str, r["stages"])) or "-", str(r["bits_per_image"]), _fmt(r["bpp"], ".4f"),
-                      _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
-                      _fmt(None if util is None else 100 * util, ".1f") + "%", vs, p["outcome"] if p else ""))
+                      ",".join(map(str, r["stages"])) or "-", str(r["bits_per_image"]), format_number(r["bpp"], ".4f"),
+                      format_number(r["psnr"], ".2f"), format_number(r["ssim"], ".4f"),
+                      format_number(None if util is None else 100 * util, ".1f") + "%", vs, p["outcome"] if p else ""))
     widths = [max(len(t[i]) for t in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i in (0, 3, 12) else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths)))
              .rstrip() for t in table]
@@ -658,8 +403,7 @@ def _int_list(text: str) -> tuple:
 
 def main(argv=None) -> int:
     """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
-    from vqswitch.cli import parse_args
-    from vqswitch.demo import seed_arg
+    from vqswitch.cli._common import parse_args, seed_arg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers are not meaningful")
@@ -703,9 +447,9 @@ def main(argv=None) -> int:
     result = run_benchmark(config, quick=args.quick, seed=args.seed, progress=args.progress)
     result["command"] = "python benchmarks/bench_rate_distortion.py" + (" " + " ".join(argv if argv is not None
                                                                                         else sys.argv[1:])).rstrip()
-    from vqswitch._io import atomic_write_bytes
+    from vqswitch._io import atomic_write_json
 
-    atomic_write_bytes(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(json_out, result)
     m = result["machine"]
     print(format_table(result))
     print()

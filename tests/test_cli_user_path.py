@@ -321,10 +321,10 @@ def test_per_stage_steps_lr_batch_size(tmp_path, faces, capsys):
 
 
 def test_finetune_defaults_match_the_demo():
-    from vqswitch.demo import FULL
+    from vqswitch.cli.finetune import stage_settings
+    from vqswitch.experiments.faces import FULL
 
     args = build_parser().parse_args(["finetune", "--model", "m", "--data", "d", "--out", "o"])
-    from vqswitch.cli import stage_settings
 
     s = stage_settings(args)
     assert [s[k].lr for k in range(3)] == [FULL.stage12_lr, FULL.stage12_lr, FULL.stage3_lr]
@@ -539,12 +539,12 @@ def test_eval_plots_without_matplotlib_fails_before_evaluating(swapped, faces, t
 
 def test_eval_writes_the_json_before_the_plots(swapped, faces, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
-    from vqswitch import metrics
+    from vqswitch import eval as evaluation
 
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(metrics, "plot_utilization", broken)
+    monkeypatch.setattr(evaluation, "plot_utilization", broken)
     code, out, err = run(capsys, "eval", "--model", swapped, "--data", faces, "--out", tmp_path / "m.json",
                          "--plots", tmp_path / "p", "--no-progress")
     one_line_error(code, out, err, 1, "plots", "disk full")

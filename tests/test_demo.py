@@ -1,4 +1,7 @@
-"""`vqswitch demo` (vqswitch/demo.py): a quick run end to end, its files, its numbers and its command line."""
+"""`vqswitch demo` (vqswitch/experiments/demo.py, the command in vqswitch/cli/demo.py): a quick run end to end, its
+files, its numbers and its command line.
+
+Every test that runs the demo is marked slow; the argument and data errors fail before any training and stay fast."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +14,17 @@ import pytest
 import torch
 
 from vqswitch.bits import bits_per_image, bpp
-from vqswitch.demo import QUICK, format_table, main, run_demo
+from vqswitch.cli import main as vqswitch
+from vqswitch.experiments.demo import run_demo
+from vqswitch.experiments.faces import QUICK, format_table
+
+
+def main(argv) -> int:
+    """``vqswitch demo ARGV`` in-process -> exit code (argparse's SystemExit becomes its code)."""
+    try:
+        return vqswitch(["demo", *argv])
+    except SystemExit as e:
+        return e.code
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +43,7 @@ def _test_faces():
     return ProceduralFaces(n, QUICK.image_size, seed=0).get_batch(range(QUICK.num_train, n))
 
 
+@pytest.mark.slow
 def test_metrics_json_has_both_models(quick_run):
     out, metrics, _ = quick_run
     saved = json.loads((out / "metrics.json").read_text())
@@ -48,6 +62,7 @@ def test_metrics_json_has_both_models(quick_run):
     assert sum(saved["stscq"]["group_counts"]) == QUICK.num_test
 
 
+@pytest.mark.slow
 def test_the_fair_reference_changes_only_the_decoder(quick_run):
     """The "baseline + stage 3" row: the baseline's own codes (same bits, same utilisation on the test faces),
     with the decoder fine-tuned as STSCQ's is in stage 3."""
@@ -59,6 +74,7 @@ def test_the_fair_reference_changes_only_the_decoder(quick_run):
     assert tuned["psnr"] != base["psnr"]  # the decoder did train
 
 
+@pytest.mark.slow
 def test_bits_follow_the_formula_and_drop(quick_run):
     _, metrics, _ = quick_run
     f = 2 ** (len(QUICK.channel_mult) - 1)
@@ -72,6 +88,7 @@ def test_bits_follow_the_formula_and_drop(quick_run):
         assert m["bpp"] == pytest.approx(bpp(m["bits_per_image"], QUICK.image_size, QUICK.image_size))
 
 
+@pytest.mark.slow
 def test_reconstruction_grid_is_labelled_and_enlarged(quick_run):
     """reconstructions.png: a text band above each of the 4 rows (original, baseline VQ, baseline + stage 3, STSCQ),
     every pixel a grid_scale x grid_scale block, the first tile the first test face."""
@@ -97,8 +114,9 @@ def test_reconstruction_grid_is_labelled_and_enlarged(quick_run):
     assert (tile - up).abs().max() <= 1
 
 
+@pytest.mark.slow
 def test_grid_rows_label_bits_and_psnr(quick_run):
-    from vqswitch.demo import grid_rows
+    from vqswitch.experiments.faces import grid_rows
 
     _, metrics, _ = quick_run
     x = _test_faces()[:2]
@@ -130,9 +148,10 @@ def test_save_labelled_grid_sizes_and_errors(tmp_path):
         save_labelled_grid([("a", a)], tmp_path / "g.txt")
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_and_reproduces_the_codes(quick_run):
     from vqswitch.adapters import decode_codes, encode_codes, load_swapped, swapped_quantizer
-    from vqswitch.metrics import psnr, ssim
+    from vqswitch.eval import psnr, ssim
 
     out, metrics, _ = quick_run
     assert (out / "checkpoint" / "config.json").is_file()
@@ -151,6 +170,7 @@ def test_checkpoint_reloads_and_reproduces_the_codes(quick_run):
     assert float(ssim(x, recon, 1.0)) == pytest.approx(metrics["stscq"]["ssim"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_printed_table(quick_run):
     _, metrics, printed = quick_run
     table = format_table(metrics)
@@ -167,6 +187,7 @@ def test_printed_table(quick_run):
     assert f"{metrics['stscq']['psnr']:.2f}" in ours.split()
 
 
+@pytest.mark.slow
 def test_run_info_describes_the_run(quick_run):
     out, metrics, _ = quick_run
     info = json.loads((out / "run.json").read_text())
@@ -178,6 +199,7 @@ def test_run_info_describes_the_run(quick_run):
     assert (info["num_groups"], info["codebook_size"]) == (QUICK.num_groups, QUICK.codebook_size)
 
 
+@pytest.mark.slow
 def test_main_runs_and_is_deterministic(quick_run, tmp_path, capsys):
     _, metrics, _ = quick_run
     assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
@@ -188,10 +210,9 @@ def test_main_runs_and_is_deterministic(quick_run, tmp_path, capsys):
             assert again[key][field] == metrics[key][field], (key, field)
 
 
+@pytest.mark.slow
 def test_vqswitch_demo_command(quick_run, tmp_path, capsys):
     """`vqswitch demo` (the README's main job) is the same run."""
-    from vqswitch.cli import main as vqswitch
-
     _, metrics, _ = quick_run
     assert vqswitch(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
     captured = capsys.readouterr()
@@ -244,6 +265,7 @@ def _face_folder(root, identities: int, per_identity: int, size: int = 40):
     return root
 
 
+@pytest.mark.slow
 def test_demo_on_a_face_folder_splits_by_identity(tmp_path, capsys):
     from vqswitch.data import split_identities
 
@@ -263,7 +285,7 @@ def test_demo_on_a_face_folder_splits_by_identity(tmp_path, capsys):
 
 
 def test_folder_faces_keeps_people_apart(tmp_path):
-    from vqswitch.demo import folder_faces
+    from vqswitch.experiments.faces import folder_faces
 
     root = _face_folder(tmp_path / "faces", identities=4, per_identity=3)
     train, test, info = folder_faces(root, 16, seed=1, test_fraction=0.5)
@@ -277,8 +299,6 @@ def test_folder_faces_keeps_people_apart(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "one-identity"])
 def test_demo_data_errors(case, tmp_path, capsys):
-    from vqswitch.cli import main as vqswitch
-
     target = tmp_path / "data"
     if case == "file":
         target.write_text("x")
@@ -289,9 +309,7 @@ def test_demo_data_errors(case, tmp_path, capsys):
     expected = {"missing": "not found", "file": "not a folder", "empty": "no identity folder", "one-identity": "2 identity"}[case]
     assert main(["--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
     err = capsys.readouterr().err
-    assert "error" in err and expected in err and "Traceback" not in err
-    assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
-    assert expected in capsys.readouterr().err
+    assert err.startswith("vqswitch: error: ") and expected in err and "Traceback" not in err
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -322,11 +340,7 @@ def test_demo_from_a_pretrained_user_model_on_a_face_folder(tmp_path, capsys):
                                             ("missing_file.py:build", "no such file"),
                                             (VQVAE_BUILDER.replace(":build", ":nothing"), "no function 'nothing'")])
 def test_demo_model_errors(spec, expected, tmp_path, capsys):
-    from vqswitch.cli import main as vqswitch
-
     assert main(["--quick", "--out", str(tmp_path / "out"), "--no-progress", "--model", spec]) == 2
     err = capsys.readouterr().err
-    assert expected in err and "Traceback" not in err
-    assert vqswitch(["demo", "--quick", "--out", str(tmp_path / "out"), "--no-progress", "--model", spec]) == 2
-    assert expected in capsys.readouterr().err
+    assert err.startswith("vqswitch: error: ") and expected in err and "Traceback" not in err
     assert not (tmp_path / "out" / "metrics.json").exists()
