@@ -405,6 +405,14 @@ def test_batches_argument_errors(data, kwargs, exc, match):
         iterate_batches(data, **kwargs)
 
 
+def test_batches_of_no_image():
+    assert list(iterate_batches(torch.zeros(0, 3, 4, 4), 2)) == [] and list(iterate_batches([], 2)) == []
+    got = list(iterate_batches(iter([torch.zeros(0, 3, 2, 2), torch.ones(3, 2, 2)]), 4))  # an empty item is nothing
+    assert len(got) == 1 and torch.equal(got[0], torch.ones(1, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"\(0, 1, 4, 4\)"):
+        iterate_batches(torch.zeros(0, 1, 4, 4), 2)
+
+
 def test_batches_item_errors():
     with pytest.raises(TypeError, match="item 1"):
         list(iterate_batches(iter([torch.zeros(3, 2, 2), "x"]), 4))

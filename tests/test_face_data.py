@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vqswitch.data import (FaceFolder, UnreadableImageWarning, draw_pairs, load_face_folder, split_identities)
-from vqswitch.metrics import read_pairs, resolve_pair_image
+from vqswitch.data import (FaceFolder, UnreadableImageWarning, draw_pairs, load_face_folder, read_pairs,
+                           resolve_pair_image, split_identities)
 
 SIDE = 16
 
@@ -327,3 +327,49 @@ def test_real_celeba_folder_split_and_pairs():
     assert {p.parent.name for p in data.paths} == set(test)
     lab = data.labels
     assert torch.equal(lab[data.pairs[:, 0]] == lab[data.pairs[:, 1]], data.same)
+
+
+# ------------------------------------------------------------------------------------------------ pairs files
+PAIRS = """2\t2
+Abel_Pacheco\t1\t4
+Akhmed_Zakayev\t1\t3
+Abdel_Madi_Shabneh\t1\tDean_Barker\t1
+Abdel_Madi_Shabneh\t1\tGiancarlo_Fisichella\t1
+
+Abdullah_Gul\t13\t14
+Abdullah_Gul\t13\t16
+Abdel_Aziz_Al-Hakim\t1\tStanley_Tong\t12
+Abdullah\t2\tRaymond_Arthurs\t1
+"""
+
+
+def test_read_pairs(tmp_path):
+    f = tmp_path / "pairs.txt"
+    f.write_text(PAIRS)
+    pairs = read_pairs(f, tmp_path / "lfw", ext=".jpg")
+    assert len(pairs) == 8
+    assert [p[2] for p in pairs] == [True, True, False, False, True, True, False, False]
+    assert pairs[0][:2] == (tmp_path / "lfw/Abel_Pacheco/Abel_Pacheco_0001.jpg",
+                            tmp_path / "lfw/Abel_Pacheco/Abel_Pacheco_0004.jpg")
+    assert pairs[6][:2] == (tmp_path / "lfw/Abdel_Aziz_Al-Hakim/Abdel_Aziz_Al-Hakim_0001.jpg",
+                            tmp_path / "lfw/Stanley_Tong/Stanley_Tong_0012.jpg")
+    assert read_pairs(f, "imgs", ext="png")[5][1].as_posix() == "imgs/Abdullah_Gul/Abdullah_Gul_0016.png"
+    one = tmp_path / "dev.txt"
+    one.write_text("1\nA 1 2\nA 1 B 2\n")  # single-number header: one set
+    assert [p[2] for p in read_pairs(one, "r")] == [True, False]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("2\t2\nAbel_Pacheco\t1\n", "line 2: expected 'name idx1 idx2'"),
+    ("1 1\nA 1 2\nA 1 B 2 C\n", "line 3: expected"),
+    ("1 1\nA 1 2\n\nA x B 2\n", "line 4: image index must be a positive integer"),
+    ("1 1\nA 0 2\nA 1 B 2\n", "line 2: image index"),
+    ("ten 300\nA 1 2\n", "line 1: expected a header"),
+    ("", "line 1"),
+    ("1 2\nA 1 2\nA 1 B 2\n", "promises 1 set"),
+])
+def test_read_pairs_malformed(tmp_path, text, match):
+    f = tmp_path / "pairs.txt"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_pairs(f, tmp_path)

@@ -1,29 +1,35 @@
 """Identity embeddings (dlib's real face model where the [faces] extra is installed) and the identity metrics."""
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import vqswitch.eval.identity
 from vqswitch.data import ProceduralFaces, draw_pairs
-from vqswitch.identity import DLIB_INPUT_SIZE, DlibFaceEmbedder, embed_images
-from vqswitch.metrics import identity_metrics, pair_verification, verification_accuracy
+from vqswitch.eval import (DLIB_INPUT_SIZE, DlibFaceEmbedder, embed_images, identity_metrics, pair_verification,
+                           verification_accuracy)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba-faces-64"
 
 
 # ------------------------------------------------------------------------------------------------ the real model
+# Slow tier: loading dlib's network and running it on 150 x 150 crops takes seconds. The fast tier runs the same
+# embedder code around a stand-in model (below, "without dlib").
 
 
 @pytest.fixture(scope="module")
 def dlib_embedder():
     pytest.importorskip("dlib", reason="the [faces] extra (dlib-bin) is not installed")
-    pytest.importorskip("face_recognition_models", reason="the [faces] extra (face-recognition-models) is not installed")
+    pytest.importorskip("face_recognition_models",
+                        reason="the [faces] extra (face-recognition-models) is not installed")
     return DlibFaceEmbedder(pixel_range=(0.0, 1.0))
 
 
@@ -38,6 +44,7 @@ def cartoon_embeddings(dlib_embedder, cartoon_faces):
     return dlib_embedder(cartoon_faces)
 
 
+@pytest.mark.slow
 def test_dlib_embeddings_shape_norm_and_determinism(dlib_embedder, cartoon_faces, cartoon_embeddings):
     e = cartoon_embeddings
     assert e.shape == (8, 128) and e.dtype == torch.float32 and e.device.type == "cpu"
@@ -49,6 +56,7 @@ def test_dlib_embeddings_shape_norm_and_determinism(dlib_embedder, cartoon_faces
     assert dlib_embedder(cartoon_faces[:0]).shape == (0, 128)
 
 
+@pytest.mark.slow
 def test_dlib_tells_faces_apart(dlib_embedder, cartoon_faces, cartoon_embeddings):
     e = cartoon_embeddings
     flipped = dlib_embedder(cartoon_faces.flip(-1))
@@ -63,6 +71,7 @@ def test_dlib_tells_faces_apart(dlib_embedder, cartoon_faces, cartoon_embeddings
     assert float(d[other].min()) > 0  # distinct images, distinct embeddings
 
 
+@pytest.mark.slow
 def test_dlib_pixel_range_and_input_size(dlib_embedder, cartoon_faces, cartoon_embeddings):
     signed = DlibFaceEmbedder(pixel_range=(-1.0, 1.0))
     assert torch.equal(signed(cartoon_faces[:2] * 2 - 1), cartoon_embeddings[:2])
@@ -74,6 +83,7 @@ def test_dlib_pixel_range_and_input_size(dlib_embedder, cartoon_faces, cartoon_e
     assert np.array_equal(dlib_embedder.to_uint8(big), np.round(big.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared CelebA folder is not beside the checkout")
 def test_dlib_on_real_celeba_faces(dlib_embedder):
     from vqswitch.data import FaceFolder
@@ -88,6 +98,7 @@ def test_dlib_on_real_celeba_faces(dlib_embedder):
     assert float(d[same].mean()) < 0.6 < float(d[different].mean())  # dlib's own "same person" threshold
 
 
+@pytest.mark.slow
 def test_readme_faces_example_runs(dlib_embedder, tmp_path, monkeypatch, capsys):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python faces\n(.*?)```", readme, flags=re.S)
@@ -99,6 +110,7 @@ def test_readme_faces_example_runs(dlib_embedder, tmp_path, monkeypatch, capsys)
     assert 0.5 < float(ids) <= 1.0 and 0.0 <= float(accuracy) <= 1.0
 
 
+@pytest.mark.slow
 def test_embed_images_with_the_real_model_matches_one_call(dlib_embedder, cartoon_faces, cartoon_embeddings):
     assert torch.equal(embed_images(dlib_embedder, cartoon_faces[:5], batch_size=3, progress=False),
                        cartoon_embeddings[:5])
@@ -113,8 +125,6 @@ def test_worker_processes_give_the_same_embeddings(dlib_embedder, cartoon_faces,
     finally:
         parallel.close()
     with pytest.raises(TypeError, match="pickled"):
-        import pickle
-
         pickle.dumps(parallel)
 
 
@@ -126,7 +136,7 @@ def test_worker_processes_end_with_a_killed_parent(dlib_embedder, tmp_path):
     import time
 
     script = tmp_path / "parent.py"
-    script.write_text("import os, torch\nfrom vqswitch.identity import DlibFaceEmbedder\n"
+    script.write_text("import os, torch\nfrom vqswitch.eval import DlibFaceEmbedder\n"
                       "if __name__ == '__main__':\n    e = DlibFaceEmbedder(workers=2)\n"
                       "    e(torch.rand(8, 3, 64, 64))\n"
                       "    print(' '.join(str(p) for p in e._pool._processes), flush=True)\n"
@@ -138,7 +148,8 @@ def test_worker_processes_end_with_a_killed_parent(dlib_embedder, tmp_path):
     alive = pids
     while alive and time.monotonic() < deadline:
         time.sleep(0.5)
-        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+        alive = [p for p in pids
+                 if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert not alive, f"worker processes {alive} outlived their killed parent"
@@ -157,10 +168,63 @@ def test_missing_extra_names_it(monkeypatch):
         DlibFaceEmbedder()
 
 
-def test_import_vqswitch_does_not_import_dlib():
-    code = ("import sys, vqswitch, vqswitch.identity, vqswitch.data, vqswitch.metrics; "
-            "assert 'dlib' not in sys.modules and 'face_recognition_models' not in sys.modules, 'imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds of CPU
+def test_importing_data_and_eval_loads_no_optional_dependency():
+    """dlib, its model package, matplotlib and Pillow are imported on first use, never by importing vqswitch's data and
+    evaluation packages (or their old paths vqswitch.metrics and vqswitch.identity)."""
+    code = ("import sys, vqswitch, vqswitch.data, vqswitch.eval, vqswitch.metrics, vqswitch.identity; "
+            "loaded = [m for m in ('dlib', 'face_recognition_models', 'matplotlib', 'PIL') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+class _StandInModel:
+    """Stands in for dlib's face_recognition_model_v1: each descriptor is the image's first 128 uint8 values / 255;
+    records (images, num_jitters) of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def compute_face_descriptor(self, batch, num_jitters):
+        self.calls.append((len(batch), num_jitters))
+        return [np.asarray(image, dtype=np.float64).reshape(-1)[:128] / 255.0 for image in batch]
+
+
+@pytest.fixture
+def stand_in_dlib(monkeypatch):
+    """dlib and face_recognition_models replaced by modules serving a :class:`_StandInModel` (a fresh model cache)."""
+    model = _StandInModel()
+    dlib = types.ModuleType("dlib")
+    dlib.face_recognition_model_v1 = lambda location: model
+    weights = types.ModuleType("face_recognition_models")
+    weights.face_recognition_model_location = lambda: "stand-in-model.dat"
+    monkeypatch.setitem(sys.modules, "dlib", dlib)
+    monkeypatch.setitem(sys.modules, "face_recognition_models", weights)
+    monkeypatch.setattr(vqswitch.eval.identity, "_MODELS", {})
+    return model
+
+
+def test_embedder_pipeline_around_a_stand_in_model(stand_in_dlib):
+    """What the embedder does around dlib's network: pixels dlib sees, chunking, batch independence, B = 0."""
+    faces = ProceduralFaces(5, 64, seed=0).get_batch(range(5))
+    embedder = DlibFaceEmbedder(chunk=2)
+    e = embedder(faces)
+    assert e.shape == (5, 128) and e.dtype == torch.float32 and e.device.type == "cpu"
+    assert stand_in_dlib.calls == [(2, 0), (2, 0), (1, 0)]  # chunk images per dlib call, no jitter
+    px = embedder.to_uint8(faces)
+    assert px.shape == (5, DLIB_INPUT_SIZE, DLIB_INPUT_SIZE, 3) and px.dtype == np.uint8 and px.flags.c_contiguous
+    assert torch.equal(e, torch.from_numpy(px.reshape(5, -1)[:, :128] / 255.0).float())
+    assert torch.equal(embedder(faces[3:4]), e[3:4])  # the same image, the same embedding, in any batch
+    assert embedder(faces[:0]).shape == (0, 128)
+    assert torch.equal(DlibFaceEmbedder(pixel_range=(-1.0, 1.0))(faces[:2] * 2 - 1), e[:2])
+    assert torch.equal(embedder(faces[:1] * 3 - 1), embedder((faces[:1] * 3 - 1).clamp(0, 1)))  # clamped
+    big = torch.nn.functional.interpolate(faces[:2], size=(150, 150), mode="bicubic").clamp(0, 1)
+    assert np.array_equal(embedder.to_uint8(big), np.round(big.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8))
+    assert embed_images(embedder, faces, batch_size=3, progress=False).equal(e)
+    assert "chunk=2" in repr(embedder)
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(embedder)
 
 
 def test_embedder_rejects_bad_arguments_before_loading_the_model():
@@ -174,13 +238,17 @@ def test_embedder_rejects_bad_arguments_before_loading_the_model():
         DlibFaceEmbedder(workers=0)
 
 
-def test_embedder_rejects_bad_images(dlib_embedder):
+def test_embedder_rejects_bad_images(stand_in_dlib):
+    embedder = DlibFaceEmbedder()
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        dlib_embedder(torch.zeros(2, 1, 8, 8))
+        embedder(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        embedder(torch.zeros(0, 1, 8, 8))
     with pytest.raises(TypeError, match="floating-point"):
-        dlib_embedder(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+        embedder(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="NaN"):
-        dlib_embedder(torch.full((1, 3, 8, 8), float("nan")))
+        embedder(torch.full((1, 3, 8, 8), float("nan")))
+    assert stand_in_dlib.calls == []  # refused before dlib is called
 
 
 def _mean_colour(images: torch.Tensor) -> torch.Tensor:
@@ -270,3 +338,8 @@ def test_identity_metrics_validation():
         identity_metrics(emb, torch.zeros_like(emb), pairs, same, folds=2)
     m = identity_metrics(emb.numpy(), emb.numpy(), pairs.numpy(), same.numpy(), folds=2)  # numpy in
     assert m.accuracy == 1.0
+    assert pair_verification(emb, pairs, same.tolist(), folds=2) == pair_verification(emb, pairs, same, folds=2)
+    with pytest.raises(ValueError, match=r"same must have shape \(P,\)"):
+        pair_verification(emb, pairs, same[:-1], folds=2)
+    with pytest.raises(ValueError, match="folds must be between 2"):
+        pair_verification(emb, pairs, same, folds=5)

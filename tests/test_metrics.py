@@ -4,7 +4,6 @@ tables and the optional plots."""
 import json
 import math
 import statistics
-import subprocess
 import sys
 import types
 
@@ -16,8 +15,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 
 from vqswitch.codebooks import utilization
-from vqswitch.metrics import (VerificationResult, evaluate, group_histogram, identity_similarity, plot_group_histogram,
-                              plot_utilization, psnr, read_pairs, ssim, utilization_table, verification_accuracy)
+from vqswitch.eval import (VerificationResult, evaluate, group_histogram, identity_similarity, plot_group_histogram,
+                           plot_utilization, psnr, ssim, utilization_table, verification_accuracy)
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -432,52 +431,6 @@ def test_verification_errors():
         verification_accuracy(e, e, same, thresholds=[0.1, float("nan")])
 
 
-# ---------------------------------------------------------------------------------- pairs.txt
-PAIRS = """2\t2
-Abel_Pacheco\t1\t4
-Akhmed_Zakayev\t1\t3
-Abdel_Madi_Shabneh\t1\tDean_Barker\t1
-Abdel_Madi_Shabneh\t1\tGiancarlo_Fisichella\t1
-
-Abdullah_Gul\t13\t14
-Abdullah_Gul\t13\t16
-Abdel_Aziz_Al-Hakim\t1\tStanley_Tong\t12
-Abdullah\t2\tRaymond_Arthurs\t1
-"""
-
-
-def test_read_pairs(tmp_path):
-    f = tmp_path / "pairs.txt"
-    f.write_text(PAIRS)
-    pairs = read_pairs(f, tmp_path / "lfw", ext=".jpg")
-    assert len(pairs) == 8
-    assert [p[2] for p in pairs] == [True, True, False, False, True, True, False, False]
-    assert pairs[0][:2] == (tmp_path / "lfw/Abel_Pacheco/Abel_Pacheco_0001.jpg",
-                            tmp_path / "lfw/Abel_Pacheco/Abel_Pacheco_0004.jpg")
-    assert pairs[6][:2] == (tmp_path / "lfw/Abdel_Aziz_Al-Hakim/Abdel_Aziz_Al-Hakim_0001.jpg",
-                            tmp_path / "lfw/Stanley_Tong/Stanley_Tong_0012.jpg")
-    assert read_pairs(f, "imgs", ext="png")[5][1].as_posix() == "imgs/Abdullah_Gul/Abdullah_Gul_0016.png"
-    one = tmp_path / "dev.txt"
-    one.write_text("1\nA 1 2\nA 1 B 2\n")  # single-number header: one set
-    assert [p[2] for p in read_pairs(one, "r")] == [True, False]
-
-
-@pytest.mark.parametrize("text,match", [
-    ("2\t2\nAbel_Pacheco\t1\n", "line 2: expected 'name idx1 idx2'"),
-    ("1 1\nA 1 2\nA 1 B 2 C\n", "line 3: expected"),
-    ("1 1\nA 1 2\n\nA x B 2\n", "line 4: image index must be a positive integer"),
-    ("1 1\nA 0 2\nA 1 B 2\n", "line 2: image index"),
-    ("ten 300\nA 1 2\n", "line 1: expected a header"),
-    ("", "line 1"),
-    ("1 2\nA 1 2\nA 1 B 2\n", "promises 1 set"),
-])
-def test_read_pairs_malformed(tmp_path, text, match):
-    f = tmp_path / "pairs.txt"
-    f.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        read_pairs(f, tmp_path)
-
-
 # ---------------------------------------------------------------------------------- codebook use
 def hand_usage():
     usage = torch.zeros(2, 3, 4, dtype=torch.long)
@@ -524,7 +477,8 @@ def test_utilization_table_by_hand():
 
 def test_utilization_table_without_data_is_json_with_nones():
     t = utilization_table(utilization(torch.zeros(2, 1, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long)))
-    assert json.loads(json.dumps(t, allow_nan=False))["overall"] == {"min": None, "max": None, "mean": None, "std": None}
+    nones = {"min": None, "max": None, "mean": None, "std": None}
+    assert json.loads(json.dumps(t, allow_nan=False))["overall"] == nones
     assert t["groups"][0]["image_fraction"] is None and t["groups"][1]["mean"] is None
     with pytest.raises(TypeError, match="Utilization"):
         utilization_table({"min": 0})
@@ -632,14 +586,31 @@ def test_plots_draw_the_right_data_and_write_atomically(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "u.png", "u2.png"]
 
 
-def test_importing_metrics_does_not_import_matplotlib():
-    code = "import sys, vqswitch.metrics; assert 'matplotlib' not in sys.modules"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+# (that importing vqswitch.eval or vqswitch.metrics loads no matplotlib is checked with the other optional
+# dependencies in tests/test_identity.py::test_importing_data_and_eval_loads_no_optional_dependency)
 
 
+@pytest.mark.slow
 def test_real_plots(tmp_path):
     pytest.importorskip("matplotlib")
     usage, counts = hand_usage()
     for path in (plot_utilization(usage, tmp_path / "u.png"), plot_group_histogram(counts, tmp_path / "g.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------- old import paths
+def test_old_module_paths_re_export_the_same_objects():
+    """vqswitch.metrics and vqswitch.identity (README's paths) are re-exports of vqswitch.eval, and the pairs-file
+    readers vqswitch.eval re-exports are vqswitch.data's."""
+    import vqswitch.data
+    import vqswitch.eval
+    import vqswitch.eval.identity
+    import vqswitch.identity
+    import vqswitch.metrics
+
+    for name in vqswitch.eval.__all__:
+        assert getattr(vqswitch.metrics, name) is getattr(vqswitch.eval, name), name
+    for name in vqswitch.eval.identity.__all__:
+        assert getattr(vqswitch.identity, name) is getattr(vqswitch.eval.identity, name), name
+    for name in ("read_pairs", "parse_pairs", "resolve_pair_image", "PairLine"):
+        assert getattr(vqswitch.eval, name) is getattr(vqswitch.data, name), name
