@@ -34,8 +34,9 @@ def iterate_batches(data, batch_size: int, shuffle: bool = False, seed: int = 0,
         seed: int >= 0 for the permutation (pass e.g. ``base_seed + epoch`` for a new order per epoch).
         drop_last: drop a last batch smaller than ``batch_size``.
     Batches keep the images' device and dtype (promoted when they differ); all images of a batch must have the same
-    H and W. Raises ``TypeError``/``ValueError`` naming the argument or the offending item (its position) for bad
-    input, at the item where it is found.
+    H and W; a tensor or item holding no image, (0, 3, H, W), adds none (an empty tensor gives no batch). Raises
+    ``TypeError``/``ValueError`` naming the argument or the offending item (its position) for bad input, at the item
+    where it is found.
     """
     batch_size = check_int("batch_size", batch_size, 1)
     check_bool("shuffle", shuffle)
