@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int_tensor
+from .._checks import check_int_tensor, check_path
 from .._io import atomic_path
 from ..codebooks import Utilization, utilization
 from .utilization import group_histogram
@@ -32,8 +32,7 @@ def _integer_ticks(n: int) -> np.ndarray:
     return np.arange(0, n, max(1, math.ceil(n / 16)))
 
 
-def _save_png(fig, path) -> Path:
-    path = Path(path)
+def _save_png(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
@@ -52,6 +51,7 @@ def plot_utilization(usage, path: str | os.PathLike, *, title: str | None = None
         ImportError (telling you to ``pip install matplotlib``) without matplotlib; TypeError /
         ValueError for a wrong ``usage``.
     """
+    path = check_path("path", path)
     if isinstance(usage, Utilization):
         rates = usage.per_codebook
     elif isinstance(usage, torch.Tensor):
@@ -89,6 +89,7 @@ def plot_group_histogram(group_counts: torch.Tensor, path: str | os.PathLike, *,
         ImportError (telling you to ``pip install matplotlib``) without matplotlib; as
         :func:`group_histogram` for a wrong ``group_counts``.
     """
+    path = check_path("path", path)
     frac = group_histogram(group_counts).numpy()
     Figure = _figure_class()
     fig = Figure(figsize=(min(16.0, 3.0 + 0.25 * frac.shape[0]), 3.5))
