@@ -21,7 +21,8 @@ vqswitch's own tokenizer implementations live in :mod:`vqswitch.adapters.models`
 from . import diffusers_vq, ibq, maskgit, titok  # noqa: F401  (importing an adapter module registers it)
 from .contract import Adapter, QuantizerShim, adapter_for, adapter_named, adapters
 from .generic import describe_model
-from .saving import SwappedSaveError, detect_family, load_builder, load_model, load_pretrained, load_swapped, save_swapped
+from .saving import (SwappedSaveError, detect_family, load_builder, load_model, load_pretrained, load_swapped,
+                     save_swapped)
 from .swap import decode_codes, encode_codes, encode_latents, quantizer_from_model, swap_quantizer, swapped_quantizer
 
 __all__ = [

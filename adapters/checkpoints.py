@@ -14,10 +14,24 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_file", "read_state_dict", "load_state_dict_strict", "safetensors_shapes", "check_quantizer_fits"]
+from vqswitch._checks import is_repo_id
+
+__all__ = ["resolve_file", "optional_file", "hub_repo_id", "read_state_dict", "load_state_dict_strict",
+           "safetensors_shapes", "check_quantizer_fits"]
 
 _SAFETENSORS = (".safetensors",)
 _PICKLES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def hub_repo_id(repo_id_or_path) -> str | None:
+    """The Hub repo id ``repo_id_or_path`` names, or None: a str or path that is not an existing local file or
+    folder and reads as ``"org/name"`` (:func:`vqswitch._checks.is_repo_id`). Raises nothing."""
+    if not isinstance(repo_id_or_path, (str, os.PathLike)):
+        return None
+    text = os.fspath(repo_id_or_path)
+    if not isinstance(text, str) or not text or Path(text).exists():
+        return None
+    return text if is_repo_id(text) else None
 
 
 def resolve_file(repo_id_or_path, filename: str | None = None, *, revision: str | None = None,
@@ -50,14 +64,27 @@ def resolve_file(repo_id_or_path, filename: str | None = None, *, revision: str 
         if not file.is_file():
             raise FileNotFoundError(f"no checkpoint file {filename!r} in {str(file.parent)!r}")
         return file
-    text = str(repo_id_or_path)
-    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"{text!r} is neither an existing file or folder nor a Hub repo id 'org/name'")
+    repo_id = hub_repo_id(repo_id_or_path)
+    if repo_id is None:
+        raise FileNotFoundError(f"{str(repo_id_or_path)!r} is neither an existing file or folder nor a Hub repo id "
+                                "'org/name'")
     if filename is None:
-        raise ValueError(f"loading from the Hub repo {text!r} needs filename= (the checkpoint file in the repo)")
+        raise ValueError(f"loading from the Hub repo {repo_id!r} needs filename= (the checkpoint file in the repo)")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(text, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir))
+    return Path(hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir))
+
+
+def optional_file(repo_id_or_path, filename: str, *, revision: str | None = None, cache_dir=None,
+                  subfolder: str | None = None) -> Path | None:
+    """:func:`resolve_file` of a file that may be absent: None when the folder or the Hub repository has no
+    ``filename`` (or, offline, none is cached). Raises what :func:`resolve_file` raises otherwise."""
+    from huggingface_hub.utils import EntryNotFoundError
+
+    try:
+        return resolve_file(repo_id_or_path, filename, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
+    except (FileNotFoundError, EntryNotFoundError):
+        return None
 
 
 def read_state_dict(path, *, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -19,17 +19,19 @@ Index representation after a swap (one rule for every adapter)
 """
 from __future__ import annotations
 
+import abc
 import math
-
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
+from vqswitch import _checks
 from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
 
-__all__ = ["GridAdapter", "Adapter", "QuantizerShim", "register", "adapters", "adapter_for", "adapter_named", "check_images",
-           "check_fits"]
+__all__ = ["GridAdapter", "Adapter", "QuantizerShim", "register", "adapters", "adapter_for", "adapter_named",
+           "check_images", "check_fits"]
 
 
 class QuantizerShim(nn.Module):
@@ -40,16 +42,55 @@ class QuantizerShim(nn.Module):
     :class:`~vqswitch.quantizer.QuantizerOutput` of the latest call (router probabilities, groups,
     loss parts), for training code that needs more than the upstream return structure.
     Subclasses implement the upstream signature on top of :meth:`quantize_tokens`.
+
+    Settings: the upstream quantizer's settings a shim keeps (its loss weights, index layout flags ...) are
+    declared once, in the class's :attr:`SETTINGS` (name -> upstream default), under upstream's own attribute
+    names. The constructor takes them as keywords (``Shim(quantizer, beta=0.25)``) and sets each as an
+    attribute, :meth:`settings` returns them (what a saved config records), :meth:`settings_of` reads them from
+    an upstream quantizer (or a shim) and :meth:`from_upstream` builds a shim with them.
     """
 
     adapter_name: ClassVar[str] = ""
+    #: name -> upstream default of every setting the shim keeps (values: float, bool or str, JSON-serialisable)
+    SETTINGS: ClassVar[Mapping[str, Any]] = {}
+    #: the setting that weighs the commitment term in upstream's loss (its beta), or None
+    COMMITMENT: ClassVar[str | None] = None
 
-    def __init__(self, quantizer: SwitchableTokenQuantizer):
+    def __init__(self, quantizer: SwitchableTokenQuantizer, **settings):
+        """Raises TypeError for a non-quantizer or a keyword that is not one of :attr:`SETTINGS`."""
         super().__init__()
         if not isinstance(quantizer, SwitchableTokenQuantizer):
             raise TypeError(f"quantizer must be a vqswitch.SwitchableTokenQuantizer, got {type(quantizer).__name__}")
+        unknown = sorted(set(settings) - set(self.SETTINGS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting(s) {unknown}; its settings are "
+                            f"{sorted(self.SETTINGS)}")
         self.quantizer = quantizer
         self.last_output: QuantizerOutput | None = None
+        for key, default in self.SETTINGS.items():
+            setattr(self, key, self._setting(key, settings.get(key, default)))
+
+    # ---------------------------------------------------------------- settings
+    @classmethod
+    def _setting(cls, key: str, value):
+        """``value`` for the setting ``key``, as the type of its default (``float(beta)``, ``bool(legacy)``)."""
+        return type(cls.SETTINGS[key])(value)
+
+    def settings(self) -> dict[str, Any]:
+        """The shim's settings, ``{name: value}`` for every key of :attr:`SETTINGS` (JSON-serialisable)."""
+        return {key: getattr(self, key) for key in self.SETTINGS}
+
+    @classmethod
+    def settings_of(cls, module: nn.Module) -> dict[str, Any]:
+        """The settings ``module`` (an upstream quantizer, or a shim of this class) holds: each key of
+        :attr:`SETTINGS` read from its attribute of that name, the upstream default where it has none."""
+        return {key: cls._setting(key, getattr(module, key, default)) for key, default in cls.SETTINGS.items()}
+
+    @classmethod
+    def from_upstream(cls, quantizer: SwitchableTokenQuantizer, upstream: nn.Module, **kwargs) -> "QuantizerShim":
+        """A shim running ``quantizer`` with the settings of ``upstream`` (:meth:`settings_of`); ``kwargs`` go
+        to the constructor too."""
+        return cls(quantizer, **cls.settings_of(upstream), **kwargs)
 
     # ---------------------------------------------------------------- flat ids
     @property
@@ -66,9 +107,7 @@ class QuantizerShim(nn.Module):
 
         Raises TypeError for a non-integer tensor, ValueError for an id out of range (naming ``what``).
         """
-        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"{what} must be an integer tensor of flat ids g*K+k, got "
-                            f"{getattr(ids, 'dtype', type(ids).__name__)}")
+        _checks.check_int_tensor(what, ids)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"{what} must lie in [0, M*K={self.vocab_size}) (flat ids g*K+k), got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
@@ -137,8 +176,8 @@ class QuantizerShim(nn.Module):
         quantizer takes grids of any size, as the upstream convolutional tokenizers do."""
         if count != self.quantizer.num_tokens and (self.quantizer.token_specific or count < 1):
             raise ValueError(f"the latent grid {'x'.join(map(str, grid))} gives {count} tokens per image, but the "
-                             f"quantizer was built for T={self.quantizer.num_tokens} (images of another size? build the "
-                             "quantizer with quantizer_from_model(..., image_size=(H, W)))")
+                             f"quantizer was built for T={self.quantizer.num_tokens} (images of another size? build "
+                             "the quantizer with quantizer_from_model(..., image_size=(H, W)))")
 
     def quantize_tokens(self, z: torch.Tensor) -> tuple[QuantizerOutput, torch.Tensor]:
         """Run the quantizer on z (B, T, D) float.
@@ -153,18 +192,21 @@ class QuantizerShim(nn.Module):
         codes = self.quantizer.lookup(out.groups, out.indices, check=False)
         return out, codes.to(z.dtype)
 
-    def router_loss(self, out: QuantizerOutput) -> torch.Tensor:
-        """The weighted router losses of ``out`` (0 without a router): what the shims add to upstream's loss."""
+    def add_router_loss(self, loss: torch.Tensor, out: QuantizerOutput) -> torch.Tensor:
+        """``loss`` (upstream's quantizer loss) plus the quantizer's weighted router losses of ``out``, or ``loss``
+        itself when the quantizer has no router (M = 1). Every shim's loss goes through here."""
         q = self.quantizer
-        return (q.balance_weight * out.router_balance_loss + q.decision_weight * out.router_decision_loss
-                + q.quality_weight * out.router_quality_loss)
+        if q.router is None:
+            return loss
+        return loss + (q.balance_weight * out.router_balance_loss + q.decision_weight * out.router_decision_loss
+                       + q.quality_weight * out.router_quality_loss)
 
     def extra_repr(self) -> str:
         return f"adapter={self.adapter_name!r}, flat ids in [0, {self.vocab_size})"
 
 
-class Adapter:
-    """One tokenizer family. Subclasses set the class attributes and implement every method.
+class Adapter(abc.ABC):
+    """One tokenizer family. Subclasses set the class attributes and implement every abstract method.
 
     Attributes:
         name: the adapter's registry name (also written into saved swapped checkpoints).
@@ -173,17 +215,22 @@ class Adapter:
         fixed_tokens: whether T is fixed by the architecture (TiTok) rather than by the image size
             (convolutional tokenizers: then a token-shared quantizer takes grids of any size, as upstream
             does, and a token-specific one, tied to one grid, refuses another size per call).
+        upstream_quantizer, upstream_attrs: the upstream quantizer's name (for messages) and the attributes it
+            has besides its ``nn.Embedding`` codebook ``embedding`` (what :meth:`check_upstream_quantizer`
+            requires of the built-in families).
     """
 
     name: ClassVar[str] = ""
     pixel_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     shim_class: ClassVar[type[QuantizerShim]] = QuantizerShim
     fixed_tokens: ClassVar[bool] = False
+    upstream_quantizer: ClassVar[str] = "the upstream vector quantizer"
+    upstream_attrs: ClassVar[tuple[str, ...]] = ()
 
     # ---- recognition and facts about the model
+    @abc.abstractmethod
     def matches(self, model: nn.Module) -> bool:
         """Whether ``model`` (vqswitch's own class or upstream's) belongs to this family (duck-typed)."""
-        raise NotImplementedError
 
     def is_swapped(self, model: nn.Module) -> bool:
         return isinstance(getattr(model, "quantize", None), self.shim_class)
@@ -199,99 +246,20 @@ class Adapter:
         model.quantize = module
 
     def shim_from_settings(self, quantizer: SwitchableTokenQuantizer, settings: dict) -> QuantizerShim:
-        """A shim running ``quantizer`` with the settings a saved config recorded (:meth:`shim_settings`)."""
+        """A shim running ``quantizer`` with the settings a saved config recorded (:meth:`QuantizerShim.settings`)."""
         return self.shim_class(quantizer, **settings)
 
     def check_base(self, model: nn.Module, base_config: dict) -> None:
         """Raise ValueError when a model given to ``load_swapped(model=...)`` does not fit ``base_config``
         (the built-in families leave this to the strict state-dict load)."""
+        return None
 
     def check_upstream_quantizer(self, model: nn.Module) -> None:
-        """Raise ValueError when ``model.quantize`` is neither upstream's kind of quantizer nor a shim."""
-        raise NotImplementedError
+        """Raise ValueError when the model's quantizer is neither upstream's kind of quantizer nor a shim.
 
-    def codebook(self, model: nn.Module) -> torch.Tensor:
-        """The upstream codebook (K0, D) of an unswapped model."""
-        raise NotImplementedError
-
-    def metric(self, model: nn.Module) -> str:
-        raise NotImplementedError
-
-    def num_tokens(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> int:
-        raise NotImplementedError
-
-    def image_size(self, model: nn.Module) -> tuple[int, int]:
-        """(H, W) of the images the model (and hence T) is configured for."""
-        raise NotImplementedError
-
-    def image_channels(self, model: nn.Module) -> int:
-        """C of the images the model takes."""
-        raise NotImplementedError
-
-    def commitment_weight(self, model: nn.Module) -> float:
-        """The weight of the commitment term in the model's own loss (its beta)."""
-        raise NotImplementedError
-
-    def shim_settings(self, quantize: nn.Module) -> dict:
-        """The upstream quantizer's settings the shim keeps (read from an upstream quantizer or a shim),
-        as JSON-serialisable constructor keywords of ``shim_class``."""
-        raise NotImplementedError
-
-    # ---- the swap
-    def make_shim(self, model: nn.Module, quantizer: SwitchableTokenQuantizer) -> QuantizerShim:
-        """A shim for ``model`` running ``quantizer``, with the settings of ``model.quantize``.
-
-        Raises ValueError when the quantizer's D, T or metric does not fit the model.
-        """
-        check_fits(quantizer, dim=self.codebook_dim(model), metric=self.metric(model), family=self.name,
-                   num_tokens=self.num_tokens(model) if self.fixed_tokens else None)
-        return self.shim_class(quantizer, **self.shim_settings(model.quantize))
-
-    def codebook_dim(self, model: nn.Module) -> int:
-        """D, the width of the model's codes (from the upstream quantizer or the shim)."""
-        quantize = model.quantize
-        if isinstance(quantize, QuantizerShim):
-            return quantize.quantizer.dim
-        return int(self.codebook(model).shape[1])
-
-    # ---- images <-> tokens, around the quantizer
-    def encode_latents(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) in ``pixel_range`` -> encoder tokens z (B, T, D), before quantization."""
-        raise NotImplementedError
-
-    def decode_tokens(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot.
-        Adapters whose T follows the image size (:class:`GridAdapter`) also take ``image_size=(H, W)``,
-        which names the grid of T tokens when it is not the configured one (see :meth:`GridAdapter.grid`)."""
-        raise NotImplementedError
-
-    def decoder_modules(self, model: nn.Module) -> list[nn.Module]:
-        """The modules that turn quantized tokens into pixels (what fine-tuning stage 3 trains)."""
-        raise NotImplementedError
-
-    # ---- persistence of swapped models
-    def base_config(self, model: nn.Module) -> dict:
-        """A JSON-serialisable config that :meth:`build_base` turns back into the same architecture."""
-        raise NotImplementedError
-
-    def build_base(self, config: dict) -> nn.Module:
-        raise NotImplementedError
-
-    def load_pretrained(self, repo_id_or_path, **kwargs) -> nn.Module:
-        raise NotImplementedError
-
-
-class GridAdapter(Adapter):
-    """Base of the convolutional tokenizers (diffusers ``VQModel``, MaskGIT-VQGAN, IBQ): the encoder emits a
-    (B, D, h, w) grid read row-major as T = h*w tokens, and ``model.quantize`` holds one global
-    ``nn.Embedding`` codebook ``embedding``. Subclasses give the upstream quantizer's name and required
-    attributes, :meth:`down_factor` and :meth:`image_size`."""
-
-    upstream_quantizer = "the upstream vector quantizer"  # its name, for messages
-    upstream_attrs: tuple[str, ...] = ()  # attributes it has besides the ``embedding`` codebook
-
-    def check_upstream_quantizer(self, model: nn.Module) -> None:
-        quantize = model.quantize
+        The built-in families' quantizers hold one ``nn.Embedding`` codebook ``embedding`` and the attributes
+        :attr:`upstream_attrs`; an adapter whose family differs overrides this and :meth:`codebook`."""
+        quantize = self.quantize_module(model)
         if isinstance(quantize, self.shim_class):
             return
         if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not all(
@@ -300,12 +268,91 @@ class GridAdapter(Adapter):
             raise ValueError(f"model.quantize is a {type(quantize).__name__}, not {self.upstream_quantizer} ({need})")
 
     def codebook(self, model: nn.Module) -> torch.Tensor:
+        """The upstream codebook (K0, D) of an unswapped model.
+        Raises ValueError as :meth:`check_upstream_quantizer`."""
         self.check_upstream_quantizer(model)
-        return model.quantize.embedding.weight
+        return self.quantize_module(model).embedding.weight
 
+    @abc.abstractmethod
+    def metric(self, model: nn.Module) -> str:
+        """How the model picks codes: "l2", "cosine" or "dot"."""
+
+    @abc.abstractmethod
+    def num_tokens(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> int:
+        """T, the tokens per image (of ``image_size`` (H, W), default the configured size).
+        Raises ValueError for a size the model cannot take."""
+
+    @abc.abstractmethod
+    def image_size(self, model: nn.Module) -> tuple[int, int]:
+        """(H, W) of the images the model (and hence T) is configured for."""
+
+    @abc.abstractmethod
+    def image_channels(self, model: nn.Module) -> int:
+        """C of the images the model takes."""
+
+    def commitment_weight(self, model: nn.Module) -> float:
+        """The weight of the commitment term in the model's own loss (its beta): the shim's
+        :attr:`~QuantizerShim.COMMITMENT` setting, read from the model's quantizer (upstream or shim)."""
+        return float(self.shim_class.settings_of(self.quantize_module(model))[self.shim_class.COMMITMENT])
+
+    # ---- the swap
+    def make_shim(self, model: nn.Module, quantizer: SwitchableTokenQuantizer) -> QuantizerShim:
+        """A shim for ``model`` running ``quantizer``, with the settings of the model's quantizer
+        (:meth:`QuantizerShim.from_upstream`; a swapped model's shim keeps its own).
+
+        Raises ValueError when the quantizer's D, T or metric does not fit the model.
+        """
+        check_fits(quantizer, dim=self.codebook_dim(model), metric=self.metric(model), family=self.name,
+                   num_tokens=self.num_tokens(model) if self.fixed_tokens else None)
+        return self.shim_class.from_upstream(quantizer, self.quantize_module(model))
+
+    def codebook_dim(self, model: nn.Module) -> int:
+        """D, the width of the model's codes (from the upstream quantizer or the shim)."""
+        quantize = self.quantize_module(model)
+        if isinstance(quantize, QuantizerShim):
+            return quantize.quantizer.dim
+        return int(self.codebook(model).shape[1])
+
+    # ---- images <-> tokens, around the quantizer
+    @abc.abstractmethod
+    def encode_latents(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) in ``pixel_range`` -> encoder tokens z (B, T, D), before quantization."""
+
+    @abc.abstractmethod
+    def decode_tokens(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """quantized tokens (B, T, D) -> images (B, C, H, W), in ``pixel_range`` up to decoder overshoot.
+        Adapters whose T follows the image size (:class:`GridAdapter`) also take ``image_size=(H, W)``,
+        which names the grid of T tokens when it is not the configured one (see :meth:`GridAdapter.grid`)."""
+
+    @abc.abstractmethod
+    def decoder_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules that turn quantized tokens into pixels (what fine-tuning stage 3 trains)."""
+
+    # ---- persistence of swapped models
+    @abc.abstractmethod
+    def base_config(self, model: nn.Module) -> dict:
+        """A JSON-serialisable config that :meth:`build_base` turns back into the same architecture.
+        Raises ValueError for a model without the config that needs."""
+
+    @abc.abstractmethod
+    def build_base(self, config: dict) -> nn.Module:
+        """The unswapped model of :meth:`base_config`'s ``config`` (random weights)."""
+
+    @abc.abstractmethod
+    def load_pretrained(self, repo_id_or_path, **kwargs) -> nn.Module:
+        """The family's upstream checkpoint (a file, folder or Hub repo id) in vqswitch's or upstream's model,
+        in eval mode."""
+
+
+class GridAdapter(Adapter):
+    """Base of the convolutional tokenizers (diffusers ``VQModel``, MaskGIT-VQGAN, IBQ): the encoder emits a
+    (B, D, h, w) grid read row-major as T = h*w tokens, and ``model.quantize`` holds one global
+    ``nn.Embedding`` codebook ``embedding``. Subclasses give the upstream quantizer's name and required
+    attributes, :meth:`down_factor` and :meth:`image_size`."""
+
+    @abc.abstractmethod
     def down_factor(self, model: nn.Module) -> int:
         """f: the encoder's spatial downsampling (an image of H x W gives an (H/f) x (W/f) grid)."""
-        raise NotImplementedError
 
     def num_tokens(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> int:
         H, W = image_size or self.image_size(model)
@@ -395,32 +442,20 @@ def adapter_for(model) -> Adapter:
 
 def check_images(images, *, channels: int, size: tuple[int, int] | None, pixel_range: tuple[float, float],
                  check_range: bool = True, name: str = "images") -> torch.Tensor:
-    """Validate a batch of images (B, C, H, W) float for a tokenizer.
+    """Validate a batch of images (B, C, H, W) float for a tokenizer (:func:`vqswitch._checks.check_images`).
 
-    ``size`` (H, W) is checked when given. With ``check_range``, values must lie in ``pixel_range``
+    ``size`` (H, W) is checked when given. With ``check_range``, values must be finite and lie in ``pixel_range``
     up to 1% of its width (so [0, 255] bytes or [0, 1] images given to a [-1, 1] model with
     negative values missing are caught as far as the values can tell).
-    Raises TypeError for a non-tensor or non-float tensor; ValueError for a wrong shape, size,
-    channel count, non-finite values, or values outside the range.
+    Returns ``images``. Raises TypeError for a non-tensor or non-float tensor; ValueError for a wrong shape, size,
+    channel count or an empty dimension, and (with ``check_range``) non-finite values or values outside the range.
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, {channels}, H, W), got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in {list(pixel_range)}, got dtype {images.dtype}")
-    if images.dim() != 4 or images.shape[1] != channels:
-        raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(images.shape)}")
-    if size is not None and tuple(images.shape[-2:]) != tuple(size):
-        raise ValueError(f"{name} must be {size[0]}x{size[1]} pixels for this model, got "
-                         f"{images.shape[-2]}x{images.shape[-1]}")
-    if check_range and images.numel():
-        lo, hi = pixel_range
-        slack = 0.01 * (hi - lo)
-        mn, mx = float(images.min()), float(images.max())
-        if not (mn == mn and mx == mx) or mn in (float("inf"), float("-inf")) or mx in (float("inf"), float("-inf")):
-            raise ValueError(f"{name} contain NaN or Inf values")
-        if mn < lo - slack or mx > hi + slack:
-            raise ValueError(f"{name} must lie in the model's pixel range [{lo}, {hi}], got values in "
-                             f"[{mn:.4g}, {mx:.4g}] (pass check_range=False to skip this check)")
+    images = _checks.check_images(name, images, channels=channels, size=size)
+    if check_range:
+        try:
+            _checks.check_images(name, images, pixel_range=pixel_range)
+        except ValueError as err:
+            raise ValueError(f"{err} (pass check_range=False to skip this check)") from None
     return images
 
 

@@ -30,16 +30,14 @@ class VQModelQuantizerShim(QuantizerShim):
     """Stands in for diffusers' ``VectorQuantizer`` (same call signature and return structure)."""
 
     adapter_name = "diffusers-vqmodel"
+    SETTINGS = {"beta": 0.25, "legacy": True, "sane_index_shape": False}  # diffusers' VectorQuantizer defaults
+    COMMITMENT = "beta"
 
-    def __init__(self, quantizer, *, beta: float = 0.25, legacy: bool = True, sane_index_shape: bool = False):
-        super().__init__(quantizer)
-        self.beta, self.legacy, self.sane_index_shape = float(beta), bool(legacy), bool(sane_index_shape)
+    def __init__(self, quantizer, **settings):
+        super().__init__(quantizer, **settings)
         self.remap = None
         self.vq_embed_dim = quantizer.dim
         self.n_e = self.vocab_size  # upstream's attribute: the number of distinct indices
-
-    def settings(self) -> dict:
-        return {"beta": self.beta, "legacy": self.legacy, "sane_index_shape": self.sane_index_shape}
 
     def forward(self, z: torch.Tensor):
         """z: (B, C, h, w) float -> (z_q (B, C, h, w), loss scalar, (None, None, indices)).
@@ -57,8 +55,7 @@ class VQModelQuantizerShim(QuantizerShim):
             loss = torch.mean((q.detach() - z) ** 2) + self.beta * torch.mean((q - z.detach()) ** 2)
         else:
             loss = self.beta * torch.mean((q.detach() - z) ** 2) + torch.mean((q - z.detach()) ** 2)
-        if self.quantizer.router is not None:
-            loss = loss + self.router_loss(out)
+        loss = self.add_router_loss(loss, out)
         z_q = (z + (q - z).detach()).permute(0, 3, 1, 2).contiguous()
         ids = self.flat_ids(out.groups, out.indices)
         ids = ids.view(B, h, w) if self.sane_index_shape else ids.reshape(-1)
@@ -109,13 +106,6 @@ class DiffusersVQAdapter(GridAdapter):
 
     def image_channels(self, model) -> int:
         return int(_config(model).get("in_channels", 3))
-
-    def commitment_weight(self, model) -> float:
-        return float(model.quantize.beta)
-
-    def shim_settings(self, quantize) -> dict:
-        return {"beta": float(quantize.beta), "legacy": bool(getattr(quantize, "legacy", True)),
-                "sane_index_shape": bool(getattr(quantize, "sane_index_shape", False))}
 
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.encode(images).latents)  # quant_conv output, unquantized

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from vqswitch._checks import check_choice, check_int, check_range_pair, check_real, check_size
 from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
 
 from .contract import Adapter, QuantizerShim, adapters, check_fits, register
@@ -76,12 +77,6 @@ def _layout(layout) -> str:
             return canonical
     raise ValueError(f"layout must be {GRID!r} (a latent grid, D channels) or {SEQUENCE!r} (a sequence of N "
                      f"tokens of width D), got {layout!r}")
-
-
-def _choice(name: str, value, choices) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def _path(name: str, value) -> str:
@@ -129,28 +124,25 @@ class GenericQuantizerShim(QuantizerShim):
     """
 
     adapter_name = "generic"
+    SETTINGS = {"layout": GRID, "straight_through": "residual"}  # what a description sets (describe_model)
 
-    def __init__(self, quantizer: SwitchableTokenQuantizer, *, layout: str = GRID, straight_through: str = "residual",
-                 output: Callable | None = None):
-        super().__init__(quantizer)
-        self.layout = _layout(layout)
-        self.straight_through = _choice("straight_through", straight_through, STRAIGHT_THROUGH)
+    def __init__(self, quantizer: SwitchableTokenQuantizer, *, output: Callable | None = None, **settings):
+        """Settings ``layout`` and ``straight_through``; ``output`` as the class docstring.
+        Raises TypeError/ValueError for a bad setting or a non-callable ``output``."""
         if output is not None and not callable(output):
             raise TypeError(f"output must be a callable (z_q, loss, indices) -> anything, got {type(output).__name__}")
+        super().__init__(quantizer, **settings)
         self.output = output
         self.last_loss: torch.Tensor | None = None
 
-    def settings(self) -> dict:
-        return {"layout": self.layout, "straight_through": self.straight_through}
+    @classmethod
+    def _setting(cls, key: str, value):
+        return _layout(value) if key == "layout" else check_choice(key, value, STRAIGHT_THROUGH)
 
     # ---------------------------------------------------------------- layouts
     def to_tokens(self, z, *, name: str = "z") -> tuple[torch.Tensor, tuple[int, ...]]:
         """:func:`latents_to_tokens` in this shim's layout and D."""
         return latents_to_tokens(z, self.layout, self.quantizer.dim, name=name)
-
-    def from_tokens(self, tokens: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
-        """:func:`tokens_to_latents` in this shim's layout."""
-        return tokens_to_latents(tokens, self.layout, spatial)
 
     # ---------------------------------------------------------------- quantization
     def quantize_any(self, tokens: torch.Tensor) -> tuple[QuantizerOutput, torch.Tensor]:
@@ -186,25 +178,6 @@ class GenericQuantizerShim(QuantizerShim):
         return f"layout={self.layout!r}, straight_through={self.straight_through!r}, " + super().extra_repr()
 
 
-def _pixel_range(value) -> tuple[float, float]:
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"pixel_range must be a pair of numbers (lo, hi) such as (-0.5, 0.5), got {value!r}")
-    lo, hi = float(value[0]), float(value[1])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"pixel_range must be finite with lo < hi, got {value!r}")
-    return lo, hi
-
-
-def _image_size(value) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ValueError(f"image_size must be a positive int or (H, W), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
 class GenericAdapter(Adapter):
     """The adapter of one user-described model class (built by :func:`describe_model`; see the module docstring).
 
@@ -231,21 +204,18 @@ class GenericAdapter(Adapter):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{arg} must be a callable or None, got {type(fn).__name__}")
         self.encode, self.decode, self.output, self.build, self.user_config = encode, decode, output, build, config
-        self.pixel_range = _pixel_range(pixel_range)
+        self.pixel_range = check_range_pair("pixel_range", pixel_range)
         self.layout = _layout(layout)
-        self.metric_name = _choice("metric", metric, METRICS)
-        self.configured_size = _image_size(image_size)
-        if isinstance(image_channels, bool) or not isinstance(image_channels, int) or image_channels < 1:
-            raise ValueError(f"image_channels must be a positive int, got {image_channels!r}")
-        self.channels = image_channels
+        self.metric_name = check_choice("metric", metric, METRICS)
+        self.configured_size = check_size("image_size", image_size)
+        self.channels = check_int("image_channels", image_channels, 1)
         decoder = [decoder] if isinstance(decoder, str) else list(decoder)
         if not decoder:
-            raise ValueError("decoder must name at least one module (the attribute paths that turn latents into pixels)")
+            raise ValueError("decoder must name at least one module (the attribute paths that turn latents into "
+                             "pixels)")
         self.decoder_paths = [_path("decoder", d) for d in decoder]
-        if isinstance(commitment_weight, bool) or not isinstance(commitment_weight, (int, float)) or commitment_weight < 0:
-            raise ValueError(f"commitment_weight must be a non-negative number, got {commitment_weight!r}")
-        self.beta = float(commitment_weight)
-        self.straight_through = _choice("straight_through", straight_through, STRAIGHT_THROUGH)
+        self.beta = check_real("commitment_weight", commitment_weight, 0.0)
+        self.straight_through = check_choice("straight_through", straight_through, STRAIGHT_THROUGH)
         self._shapes = weakref.WeakKeyDictionary()  # model -> {image size: latent spatial shape}
 
     # ---------------------------------------------------------------- recognition, where things are
@@ -347,8 +317,8 @@ class GenericAdapter(Adapter):
                 for m, mode in modes:
                     m.training = mode
             if not isinstance(z, torch.Tensor) or z.dim() != (4 if self.layout == GRID else 3):
-                raise ValueError(f"encode must return latents {self.layout}, got "
-                                 f"{tuple(getattr(z, 'shape', ())) or type(z).__name__} for a {size[0]}x{size[1]} image")
+                got = tuple(getattr(z, 'shape', ())) or type(z).__name__
+                raise ValueError(f"encode must return latents {self.layout}, got {got} for a {size[0]}x{size[1]} image")
             cache[size] = tuple(z.shape[2:]) if self.layout == GRID else (z.shape[1],)
         return cache[size]
 
@@ -390,12 +360,10 @@ class GenericAdapter(Adapter):
         return out
 
     # ---------------------------------------------------------------- the swap
-    def shim_settings(self, quantize=None) -> dict:
-        return {"layout": self.layout, "straight_through": self.straight_through}
-
     def make_shim(self, model, quantizer) -> GenericQuantizerShim:
+        """A shim with the description's settings (the user's quantizer holds none of them); raises as the base."""
         check_fits(quantizer, dim=self.codebook_dim(model), metric=self.metric_name, family=self.name, num_tokens=None)
-        return self.shim_from_settings(quantizer, self.shim_settings())
+        return self.shim_from_settings(quantizer, {"layout": self.layout, "straight_through": self.straight_through})
 
     def shim_from_settings(self, quantizer, settings) -> GenericQuantizerShim:
         return GenericQuantizerShim(quantizer, output=self.output, **settings)
@@ -477,8 +445,10 @@ def describe_model(model_class: type, *, quantizer: str, encode: Callable, decod
     Returns the registered :class:`GenericAdapter` (matched before the built-in families). Describing a class
     again replaces its description; instances of an earlier class object of the same name (a module imported
     twice) stay recognised.
-    Raises: TypeError for a non-class ``model_class``, non-callable functions or a pixel range that is not a pair
-        of numbers; ValueError for a bad path, layout, metric, image size, or a name already describing a class of
+    Raises: TypeError for a non-class ``model_class``, non-callable functions, a pixel range that is not a pair
+        of numbers, or an image size, channel count or commitment weight of the wrong type; ValueError for a bad
+        path, layout, metric or straight-through form, a value out of range (an image side or channel count
+        below 1, a negative weight, a pixel range without lo < hi), or a name already describing a class of
         another name.
     """
     if not isinstance(model_class, type) or not issubclass(model_class, nn.Module) or model_class is nn.Module:

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .contract import GridAdapter, QuantizerShim, register
+from .models.ibq import entropy_terms
 
 __all__ = ["IBQAdapter", "IBQQuantizerShim"]
 
@@ -31,23 +32,14 @@ class IBQQuantizerShim(QuantizerShim):
     """Stands in for IBQ's ``IndexPropagationQuantize`` (same call signature and return structure)."""
 
     adapter_name = "ibq"
+    SETTINGS = {"beta": 0.25, "use_entropy_loss": False, "entropy_temperature": 0.01,  # upstream's defaults
+                "sample_minimization_weight": 1.0, "batch_maximization_weight": 1.0}
+    COMMITMENT = "beta"
 
-    def __init__(self, quantizer, *, beta: float = 0.25, use_entropy_loss: bool = False,
-                 entropy_temperature: float = 0.01, sample_minimization_weight: float = 1.0,
-                 batch_maximization_weight: float = 1.0):
-        super().__init__(quantizer)
-        self.beta, self.use_entropy_loss = float(beta), bool(use_entropy_loss)
-        self.entropy_temperature = float(entropy_temperature)
-        self.sample_minimization_weight = float(sample_minimization_weight)
-        self.batch_maximization_weight = float(batch_maximization_weight)
+    def __init__(self, quantizer, **settings):
+        super().__init__(quantizer, **settings)
         self.e_dim = quantizer.dim
         self.n_e = self.vocab_size  # upstream's attribute: the number of distinct indices
-
-    def settings(self) -> dict:
-        return {"beta": self.beta, "use_entropy_loss": self.use_entropy_loss,
-                "entropy_temperature": self.entropy_temperature,
-                "sample_minimization_weight": self.sample_minimization_weight,
-                "batch_maximization_weight": self.batch_maximization_weight}
 
     def _logits(self, z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """(B, T, K) inner products of each token with its (group, token) codebook, group by group
@@ -81,10 +73,9 @@ class IBQQuantizerShim(QuantizerShim):
         """z: (B, D, h, w) float -> (z_q (B, D, h, w), loss, (None, None, indices (B*h*w,) int64 flat ids)).
 
         ``temp``, ``rescale_logits`` and ``return_logits`` are accepted and ignored, as upstream.
-        Raises TypeError/ValueError for a non-4-D or non-float z, a wrong D, or h*w != T with a token-specific quantizer (token-shared: any grid size).
+        Raises TypeError/ValueError for a non-4-D or non-float z, a wrong D, or h*w != T with a token-specific
+        quantizer (token-shared: any grid size).
         """
-        from .models.ibq import entropy_terms
-
         self.check_grid(z)
         B, D, h, w = z.shape
         tokens = z.permute(0, 2, 3, 1).reshape(B, h * w, D)
@@ -95,8 +86,7 @@ class IBQQuantizerShim(QuantizerShim):
         z_q = self._mix(hard - soft.detach() + soft, out.groups)  # index backpropagation
         quant_loss = (torch.mean((z_q - tokens) ** 2) + torch.mean((hard_codes.detach() - tokens) ** 2)
                       + self.beta * torch.mean((hard_codes - tokens.detach()) ** 2))
-        if self.quantizer.router is not None:
-            quant_loss = quant_loss + self.router_loss(out)
+        quant_loss = self.add_router_loss(quant_loss, out)
         # channels-last strides, as upstream's einsum output
         z_q = z_q.view(B, h, w, D).permute(0, 3, 1, 2)
         ids = self.flat_ids(out.groups, out.indices).reshape(-1)
@@ -156,15 +146,6 @@ class IBQAdapter(GridAdapter):
 
     def image_channels(self, model) -> int:
         return int(_config(model).get("in_channels", 3))
-
-    def commitment_weight(self, model) -> float:
-        return float(model.quantize.beta)
-
-    def shim_settings(self, quantize) -> dict:
-        return {"beta": float(quantize.beta), "use_entropy_loss": bool(getattr(quantize, "use_entropy_loss", False)),
-                "entropy_temperature": float(getattr(quantize, "entropy_temperature", 0.01)),
-                "sample_minimization_weight": float(getattr(quantize, "sample_minimization_weight", 1.0)),
-                "batch_maximization_weight": float(getattr(quantize, "batch_maximization_weight", 1.0))}
 
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.quant_conv(model.encoder(images)))  # unquantized

@@ -30,15 +30,13 @@ class MaskGitQuantizerShim(QuantizerShim):
     """Stands in for MaskGIT-VQGAN's ``VectorQuantizer`` (same call signatures and return structures)."""
 
     adapter_name = "maskgit-vqgan"
+    SETTINGS = {"commitment_cost": 0.25}  # upstream's default
+    COMMITMENT = "commitment_cost"
 
-    def __init__(self, quantizer, *, commitment_cost: float = 0.25):
-        super().__init__(quantizer)
-        self.commitment_cost = float(commitment_cost)
+    def __init__(self, quantizer, **settings):
+        super().__init__(quantizer, **settings)
         self.embedding_dim = quantizer.dim
         self.num_embeddings = self.vocab_size  # upstream's attribute: the number of distinct indices
-
-    def settings(self) -> dict:
-        return {"commitment_cost": self.commitment_cost}
 
     def _tokens(self, hidden_states) -> torch.Tensor:
         self.check_grid(hidden_states, name="hidden_states", layout="(B, C, h, w)", channel="C")
@@ -57,8 +55,7 @@ class MaskGitQuantizerShim(QuantizerShim):
         loss = None
         if return_loss:
             loss = torch.mean((q.detach() - h) ** 2) + self.commitment_cost * torch.mean((q - h.detach()) ** 2)
-            if self.quantizer.router is not None:
-                loss = loss + self.router_loss(out)
+            loss = self.add_router_loss(loss, out)
             q = h + (q - h).detach()
         return q.permute(0, 3, 1, 2).contiguous(), self.flat_ids(out.groups, out.indices), loss
 
@@ -124,12 +121,6 @@ class MaskGitAdapter(GridAdapter):
 
     def image_channels(self, model) -> int:
         return int(_config(model).get("num_channels", 3))
-
-    def commitment_weight(self, model) -> float:
-        return float(getattr(model.quantize, "commitment_cost", 0.25))
-
-    def shim_settings(self, quantize) -> dict:
-        return {"commitment_cost": float(getattr(quantize, "commitment_cost", 0.25))}
 
     def encode_latents(self, model, images):
         return self.grid_to_tokens(model.encoder(images))  # there is no quant_conv

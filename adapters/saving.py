@@ -27,36 +27,29 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from vqswitch._io import atomic_directory
+from vqswitch._checks import HUB_NAME, is_repo_id
+from vqswitch._io import atomic_directory, read_json_object
+from vqswitch.formats import CONFIG_FILE as CONFIG_NAME
+from vqswitch.formats import ENTROPY_FILE
+from vqswitch.formats import SWAPPED_FORMAT as FORMAT
+from vqswitch.formats import SWAPPED_FORMAT_VERSION as FORMAT_VERSION
+from vqswitch.formats import WEIGHTS_FILE as WEIGHTS_NAME
 from vqswitch.quantizer import SwitchableTokenQuantizer
 
-from .checkpoints import load_state_dict_strict
+from .checkpoints import hub_repo_id, load_state_dict_strict
 from .contract import adapter_for, adapter_named, adapters
 from .generic import GENERIC_PREFIX, adapter_for_class
+from .native_saving import NATIVE_SAVE_METHODS, SwappedSaveError, guard_native_saving, unguard_native_saving
 from .swap import swapped_quantizer
 
 __all__ = ["save_swapped", "load_swapped", "load_pretrained", "load_model", "load_builder", "detect_family",
-           "guard_native_saving",
-           "unguard_native_saving", "SwappedSaveError",
-           "NATIVE_SAVE_METHODS", "is_repo_id", "shareable_source", "FORMAT", "FORMAT_VERSION"]
-
-FORMAT, FORMAT_VERSION = "vqswitch-swapped", 1
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+           "guard_native_saving", "unguard_native_saving", "SwappedSaveError", "NATIVE_SAVE_METHODS", "is_repo_id",
+           "shareable_source", "FORMAT", "FORMAT_VERSION"]
 
 
 # ------------------------------------------------------------------------------------------------ sources
-_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"  # as the Hub: "-" and "." never first or last
-_REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
-_SNAPSHOT = re.compile(rf"models--({_NAME})--({_NAME})")
+_SNAPSHOT = re.compile(rf"models--({HUB_NAME})--({HUB_NAME})")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def is_repo_id(text) -> bool:
-    """Whether ``text`` is a Hub model id ``"org/name"``: ASCII letters, digits, ``-``, ``_``, ``.`` (``-`` and ``.``
-    neither first nor last, no ``--`` or ``..``), a name of at most 96 characters. Says nothing of whether a local
-    path of that spelling exists (see :func:`shareable_source`)."""
-    return (isinstance(text, str) and bool(_REPO_ID.fullmatch(text)) and "--" not in text and ".." not in text
-            and len(text.split("/")[-1]) <= 96)
 
 
 def shareable_source(dir_or_repo, revision: str | None = None) -> tuple[str | None, str | None]:
@@ -83,68 +76,6 @@ def shareable_source(dir_or_repo, revision: str | None = None) -> tuple[str | No
     if is_repo_id(text):
         return text, revision
     return None, None
-
-
-# ------------------------------------------------------------------------------------------------ native methods
-NATIVE_SAVE_METHODS = ("save_pretrained", "push_to_hub")
-
-
-class SwappedSaveError(NotImplementedError):
-    """A swapped model's inherited ``save_pretrained`` / ``push_to_hub`` was called (see :func:`guard_native_saving`)."""
-
-
-class _RefuseNativeSave:
-    """The instance-level stand-in for one inherited save/push method of a swapped model: raises
-    :class:`SwappedSaveError`. Holds no reference to the model, so deepcopy and pickle carry it as it is."""
-
-    def __init__(self, method: str, owner: str):
-        self.method, self.owner = method, owner
-
-    def __call__(self, *args, **kwargs):
-        raise SwappedSaveError(
-            f"{self.owner}.{self.method}() would write a model without its swapped quantizer: "
-            f"{self.owner}'s loader builds its own quantizer and drops the STSCQ codebooks and router with only a "
-            "warning. Save with vqswitch.adapters.save_swapped(model, folder) and load with "
-            "vqswitch.adapters.load_swapped(folder); publish with `vqswitch push folder --repo-id ORG/NAME` "
-            "(vqswitch.publish.push), which vqswitch.adapters.load_swapped('ORG/NAME') loads back")
-
-    def __repr__(self) -> str:
-        return f"<{self.owner}.{self.method} refused on a swapped model: use vqswitch.adapters.save_swapped>"
-
-
-def guard_native_saving(model: nn.Module) -> list[str]:
-    """Make a swapped model's inherited save and push methods refuse; returns the names guarded.
-
-    Why refuse rather than make them work: diffusers' ``ModelMixin.save_pretrained`` / ``push_to_hub``,
-    ``huggingface_hub.PyTorchModelHubMixin``'s and TiTok's ``save_pretrained`` write the state dict beside the
-    *base* model's config. Their loaders (``VQModel.from_pretrained``, the mixin's ``from_pretrained``,
-    :func:`load_pretrained`) rebuild the upstream quantizer from that config, so the swapped quantizer's
-    codebooks (M, T', K, D), router and usage counts are dropped (diffusers only warns) and the upstream codebook is
-    re-initialised: a model that loads without error and gives other codes. Only a change to the upstream loader
-    could load them, and vqswitch does not patch upstream classes. So these methods raise
-    :class:`SwappedSaveError` (a ``NotImplementedError``) naming :func:`save_swapped` / :func:`load_swapped` and
-    ``vqswitch push``, before anything is written or any Hub call is made.
-
-    Mechanism: for each name in :data:`NATIVE_SAVE_METHODS` that ``type(model)`` has, an instance attribute
-    shadows the class's method on this model only (the class and unswapped models are untouched; deepcopy and
-    pickle keep it). :func:`vqswitch.adapters.swap_quantizer` and :func:`load_swapped` call this, so every swapped
-    model is guarded. :func:`unguard_native_saving` removes the guard (for a caller who wants the native file anyway,
-    knowing its loader drops the quantizer).
-    Raises nothing; a model without such methods (MaskGIT-VQGAN, IBQ, most user models) gets none.
-    """
-    guarded = []
-    for name in NATIVE_SAVE_METHODS:
-        if callable(getattr(type(model), name, None)):
-            object.__setattr__(model, name, _RefuseNativeSave(name, type(model).__name__))
-            guarded.append(name)
-    return guarded
-
-
-def unguard_native_saving(model: nn.Module) -> None:
-    """Remove :func:`guard_native_saving`'s stand-ins from ``model``: its class's methods apply again."""
-    for name in NATIVE_SAVE_METHODS:
-        if isinstance(model.__dict__.get(name), _RefuseNativeSave):
-            del model.__dict__[name]
 
 
 def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -174,7 +105,6 @@ def save_swapped(model: nn.Module, save_directory: str | os.PathLike, *, entropy
     entropy model whose (M, T, K) differ from the quantizer's; OSError when the folder cannot be
     written (then nothing in it changes).
     """
-    from vqswitch.entropy import FILE_NAME as ENTROPY_NAME
     from vqswitch.entropy import EntropyModel
 
     adapter = adapter_for(model)
@@ -195,7 +125,7 @@ def save_swapped(model: nn.Module, save_directory: str | os.PathLike, *, entropy
         (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         safetensors.torch.save_file(_tensors_for_saving(model), str(tmp / WEIGHTS_NAME),
                                     metadata={"format": FORMAT, "save_id": save_id})
-        entropy_model.save(tmp / ENTROPY_NAME)
+        entropy_model.save(tmp / ENTROPY_FILE)
     return Path(save_directory)
 
 
@@ -207,12 +137,12 @@ def _swapped_files(dir_or_repo, revision, cache_dir) -> tuple[Path, Path]:
         if missing:
             raise FileNotFoundError(f"{str(path)!r} is not a swapped-model folder: missing {missing}")
         return files
-    text = str(dir_or_repo)
-    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"{text!r} is neither a folder nor a Hub repo id 'org/name'")
+    repo_id = hub_repo_id(dir_or_repo)
+    if repo_id is None:
+        raise FileNotFoundError(f"{str(dir_or_repo)!r} is neither a folder nor a Hub repo id 'org/name'")
     from huggingface_hub import hf_hub_download
 
-    return tuple(Path(hf_hub_download(text, name, revision=revision, cache_dir=cache_dir))
+    return tuple(Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
                  for name in (CONFIG_NAME, WEIGHTS_NAME))
 
 
@@ -234,11 +164,8 @@ def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None,
         fetched or is not cached offline.
     """
     config_file, weights_file = _swapped_files(dir_or_repo, revision, cache_dir)
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json_object(config_file, "swapped-model config")
+    if config.get("format") != FORMAT:
         raise ValueError(f"{str(config_file)!r} is not a vqswitch swapped-model config (format {FORMAT!r}); "
                          "for an upstream checkpoint use vqswitch.adapters.load_pretrained")
     if not isinstance(config.get("format_version"), int) or config["format_version"] > FORMAT_VERSION:
@@ -262,7 +189,8 @@ def load_swapped(dir_or_repo: str | os.PathLike, *, revision: str | None = None,
 
 
 def _base_for(config: dict, model) -> tuple:
-    """(adapter, base model) for a saved config: built from it, or the caller's class or instance, checked against it."""
+    """(adapter, base model) for a saved config: built from it, or the caller's class or instance, checked
+    against it."""
     name = config["adapter"]
     if model is None:
         if name.startswith(GENERIC_PREFIX) and name not in adapters():
@@ -297,8 +225,12 @@ KNOWN_REPO_PREFIXES = {
 }
 
 
-def _family_of_config(config) -> str | None:
-    if not isinstance(config, dict):
+def _config_file_family(file: Path) -> str | None:
+    """The family a ``config.json`` names, or None (also for a file that is not a JSON object).
+    Raises ValueError for a vqswitch swapped-model config."""
+    try:
+        config = read_json_object(file, "config")
+    except ValueError:
         return None
     if config.get("_class_name") == "VQModel":
         return "diffusers-vqmodel"
@@ -325,13 +257,9 @@ def detect_family(repo_id_or_path, *, subfolder: str | None = None, revision: st
         folder = path if path.is_dir() else path.parent
         folder = folder / subfolder if subfolder and path.is_dir() else folder
         cfg = folder / CONFIG_NAME
-        if cfg.is_file():
-            try:
-                family = _family_of_config(json.loads(cfg.read_text(encoding="utf-8")))
-            except json.JSONDecodeError:
-                family = None
-            if family:
-                return family
+        family = _config_file_family(cfg) if cfg.is_file() else None
+        if family:
+            return family
         names = [path.name] if path.is_file() else [p.name for p in folder.iterdir()]
         if "config.yaml" in names or any(n.endswith(".ckpt") for n in names):
             return "ibq"
@@ -344,16 +272,14 @@ def detect_family(repo_id_or_path, *, subfolder: str | None = None, revision: st
         for prefix, family in KNOWN_REPO_PREFIXES.items():
             if text.startswith(prefix):
                 return family
-        if text.count("/") == 1 and not os.path.isabs(text):
+        if is_repo_id(text):
             from huggingface_hub import hf_hub_download
 
             try:
                 file = hf_hub_download(text, CONFIG_NAME, subfolder=subfolder, revision=revision, cache_dir=cache_dir)
-                family = _family_of_config(json.loads(Path(file).read_text(encoding="utf-8")))
-            except (OSError, ValueError) as err:
-                if "swapped-model" in str(err):
-                    raise
-                family = None
+            except (OSError, ValueError):  # no config.json there, or the repository cannot be reached
+                file = None
+            family = None if file is None else _config_file_family(Path(file))
             if family:
                 return family
     raise ValueError(f"cannot tell which tokenizer {str(repo_id_or_path)!r} holds: pass adapter= one of "

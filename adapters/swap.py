@@ -5,15 +5,15 @@ vqswitch's own implementations and on instances of the upstream classes alike.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 
+from vqswitch._checks import check_choice, check_float_tensor, check_size
 from vqswitch.codes import Codes
 from vqswitch.quantizer import SwitchableTokenQuantizer
 
 from .contract import adapter_for, check_images
+from .native_saving import guard_native_saving
 
 __all__ = ["swap_quantizer", "quantizer_from_model", "encode_latents", "encode_codes", "decode_codes",
            "swapped_quantizer"]
@@ -46,17 +46,16 @@ def quantizer_from_model(model: nn.Module, num_groups: int = 1, codebook_size: i
         seed: seeds the initialisation. quantizer_kwargs: any other constructor argument.
     Returns: the quantizer on the model's device, float32.
     Raises: TypeError/ValueError for a model no adapter recognises, an already swapped model, an
-        unknown init, missing or mis-shaped latents, K > K0, or bad quantizer arguments.
+        unknown init, missing or mis-shaped latents, a bad image_size, K > K0, or bad quantizer arguments.
     """
     adapter = adapter_for(model)
     if adapter.is_swapped(model):
         raise ValueError("quantizer_from_model needs the model's own quantizer, but this model is already swapped; "
                          "build the quantizer before swap_quantizer (or load the base model again)")
     adapter.check_upstream_quantizer(model)
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
+    check_choice("init", init, INITS)
+    if image_size is not None:
+        image_size = check_size("image_size", image_size)
     weight = adapter.codebook(model).detach()
     T = adapter.num_tokens(model, image_size)
     kwargs = dict(metric=adapter.metric(model), commitment_weight=adapter.commitment_weight(model))
@@ -70,9 +69,7 @@ def quantizer_from_model(model: nn.Module, num_groups: int = 1, codebook_size: i
         if latents is None:
             raise ValueError("init='latents' needs latents=: (N, T, D) encoder tokens, e.g. "
                              "vqswitch.adapters.encode_latents(model, images)")
-        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            raise TypeError("latents must be a floating-point tensor (N, T, D) of encoder tokens (integers are not "
-                            f"cast), got {getattr(latents, 'dtype', type(latents).__name__)}")
+        check_float_tensor("latents", latents)
         K = weight.shape[0] if codebook_size is None else codebook_size
         q = SwitchableTokenQuantizer(num_tokens=T, codebook_size=K, dim=weight.shape[1], num_groups=num_groups,
                                      token_specific=token_specific, **kwargs)
@@ -112,7 +109,6 @@ def swap_quantizer(model: nn.Module, quantizer: SwitchableTokenQuantizer | None 
         adapter.check_upstream_quantizer(model)
     shim = adapter.make_shim(model, quantizer)  # validates D, T and metric against the model
     adapter.set_quantize_module(model, shim.to(_model_device(model)).train(model.training))  # a fresh module trains
-    from .saving import guard_native_saving  # (saving imports this module)
     guard_native_saving(model)  # inherited save_pretrained / push_to_hub would lose the quantizer: they refuse
     return model
 
@@ -167,10 +163,10 @@ def decode_codes(model: nn.Module, codes: Codes, *, image_size: tuple[int, int] 
         but not the latent grid's shape, so a convolutional tokenizer's decoder needs it for codes of
         another grid than the configured one (with a token-shared quantizer, :func:`encode_codes` takes
         any size); without it the grid is the configured one when it has T tokens, else square.
-    Raises: TypeError for a non-Codes argument; ValueError for an unswapped model, codes made for another
-        quantizer configuration (K, M, or T when token-specific), a grid that cannot be told (pass
-        image_size) or an image_size that does not give the codes' T, or image_size for a tokenizer whose
-        T does not follow the image size.
+    Raises: TypeError for a non-Codes argument or an image_size that is neither an int nor a pair of ints;
+        ValueError for an unswapped model, codes made for another quantizer configuration (K, M, or T when
+        token-specific), a grid that cannot be told (pass image_size), an image_size below 1 or that does not
+        give the codes' T, or image_size for a tokenizer whose T does not follow the image size.
     """
     quantizer = swapped_quantizer(model)
     adapter = adapter_for(model)
@@ -178,12 +174,8 @@ def decode_codes(model: nn.Module, codes: Codes, *, image_size: tuple[int, int] 
     p = next(model.parameters())
     if image_size is None:
         return adapter.decode_tokens(model, tokens.to(p.dtype))
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
-        raise TypeError(f"image_size must be (H, W) positive ints or an int, got {image_size!r}")
-    if "image_size" not in inspect.signature(adapter.decode_tokens).parameters:
+    image_size = check_size("image_size", image_size)
+    if adapter.fixed_tokens:  # the other adapters' decode_tokens take image_size (the Adapter contract)
         raise ValueError(f"image_size is not used by the {adapter.name} adapter (its token count does not follow the "
                          "image size); call decode_codes without it")
-    return adapter.decode_tokens(model, tokens.to(p.dtype), image_size=tuple(image_size))
+    return adapter.decode_tokens(model, tokens.to(p.dtype), image_size=image_size)

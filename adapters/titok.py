@@ -30,28 +30,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .contract import Adapter, QuantizerShim, register
+from .models.titok import autocast_off  # TiTok's quantizer runs in float32 whatever autocast says (upstream fact)
 
 __all__ = ["TiTokAdapter", "TiTokQuantizerShim"]
-
-
-def _autocast_off(device: torch.device):
-    """TiTok's quantizer runs in float32 whatever autocast says (upstream fact)."""
-    return torch.autocast(device_type=device.type if device.type in ("cuda", "cpu") else "cpu", enabled=False)
 
 
 class TiTokQuantizerShim(QuantizerShim):
     """Stands in for TiTok's ``VectorQuantizer`` (same call signature and return structure)."""
 
     adapter_name = "titok"
+    SETTINGS = {"commitment_cost": 0.25, "use_l2_norm": False}  # upstream's defaults
+    COMMITMENT = "commitment_cost"
 
-    def __init__(self, quantizer, *, commitment_cost: float = 0.25, use_l2_norm: bool = False):
-        super().__init__(quantizer)
-        self.commitment_cost, self.use_l2_norm = float(commitment_cost), bool(use_l2_norm)
+    def __init__(self, quantizer, **settings):
+        super().__init__(quantizer, **settings)
         self.token_size = quantizer.dim
         self.codebook_size = self.vocab_size  # upstream's attribute: the number of distinct indices
-
-    def settings(self) -> dict:
-        return {"commitment_cost": self.commitment_cost, "use_l2_norm": self.use_l2_norm}
 
     def forward(self, z: torch.Tensor):
         """z: (B, D, H, W) float (TiTok: H = 1, W = N) -> (z_q (B, D, H, W) float32, result_dict).
@@ -60,7 +54,7 @@ class TiTokQuantizerShim(QuantizerShim):
         """
         self.check_grid(z, layout="[B, D, 1, N]")
         B, D, H, W = z.shape
-        with _autocast_off(z.device):
+        with autocast_off(z.device):
             z = z.float().permute(0, 2, 3, 1).contiguous()  # [B, H, W, D]
             out, q = self.quantize_tokens(z.view(B, H * W, D))
             q = q.view(z.shape)
@@ -69,8 +63,7 @@ class TiTokQuantizerShim(QuantizerShim):
             commitment_loss = self.commitment_cost * torch.mean((q.detach() - z) ** 2)
             codebook_loss = torch.mean((q - z.detach()) ** 2)
             quantizer_loss = commitment_loss + codebook_loss
-            if self.quantizer.router is not None:
-                quantizer_loss = quantizer_loss + self.router_loss(out)
+            quantizer_loss = self.add_router_loss(quantizer_loss, out)
             z_q = (z + (q - z).detach()).permute(0, 3, 1, 2).contiguous()
         ids = self.flat_ids(out.groups, out.indices).view(B, H, W)
         return z_q, dict(quantizer_loss=quantizer_loss, commitment_loss=commitment_loss, codebook_loss=codebook_loss,
@@ -86,7 +79,8 @@ class TiTokQuantizerShim(QuantizerShim):
         if isinstance(indices, torch.Tensor) and indices.is_floating_point():
             return self._soft_entry(indices)
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
-            raise ValueError(f"indices must be 1-D flat ids [B*N], got {getattr(indices, 'shape', type(indices).__name__)}")
+            got = getattr(indices, 'shape', type(indices).__name__)
+            raise ValueError(f"indices must be 1-D flat ids [B*N], got {got}")
         return self.lookup_ids(indices, what="indices")
 
     def _soft_entry(self, weights: torch.Tensor) -> torch.Tensor:
@@ -109,22 +103,11 @@ class TiTokAdapter(Adapter):
     pixel_range = (0.0, 1.0)
     shim_class = TiTokQuantizerShim
     fixed_tokens = True
+    upstream_quantizer, upstream_attrs = "TiTok's VectorQuantizer", ("use_l2_norm",)
 
     def matches(self, model) -> bool:
         return (isinstance(getattr(model, "latent_tokens", None), torch.Tensor)
                 and all(isinstance(getattr(model, m, None), nn.Module) for m in ("encoder", "decoder", "quantize")))
-
-    def check_upstream_quantizer(self, model) -> None:
-        quantize = model.quantize
-        if isinstance(quantize, TiTokQuantizerShim):
-            return
-        if not isinstance(getattr(quantize, "embedding", None), nn.Embedding) or not hasattr(quantize, "use_l2_norm"):
-            raise ValueError(f"model.quantize is a {type(quantize).__name__}, not TiTok's VectorQuantizer "
-                             "(an nn.Embedding codebook `embedding` and `use_l2_norm`)")
-
-    def codebook(self, model) -> torch.Tensor:
-        self.check_upstream_quantizer(model)
-        return model.quantize.embedding.weight
 
     def metric(self, model) -> str:
         return "cosine" if bool(getattr(model.quantize, "use_l2_norm", False)) else "l2"
@@ -144,13 +127,6 @@ class TiTokAdapter(Adapter):
                              f"{tuple(image_size)}")
         return int(model.latent_tokens.shape[0])
 
-    def commitment_weight(self, model) -> float:
-        return float(model.quantize.commitment_cost)
-
-    def shim_settings(self, quantize) -> dict:
-        return {"commitment_cost": float(quantize.commitment_cost),
-                "use_l2_norm": bool(getattr(quantize, "use_l2_norm", False))}
-
     def encode_latents(self, model, images):
         if hasattr(model, "encode_latent"):
             latent = model.encode_latent(images)
@@ -164,7 +140,8 @@ class TiTokAdapter(Adapter):
 
     def decoder_modules(self, model) -> list[nn.Module]:
         # the ViT decoder and, for legacy stage-2 models, the pixel decoder (the pixel codebook stays fixed)
-        return [model.decoder] + ([model.pixel_decoder] if isinstance(getattr(model, "pixel_decoder", None), nn.Module) else [])
+        pixel_decoder = getattr(model, "pixel_decoder", None)
+        return [model.decoder] + ([pixel_decoder] if isinstance(pixel_decoder, nn.Module) else [])
 
     def base_config(self, model) -> dict:
         config = getattr(model, "config", None)

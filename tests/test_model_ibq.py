@@ -260,17 +260,17 @@ def test_bad_inputs(tiny):
         tiny.encode(x.numpy())
     with pytest.raises(TypeError, match="floating-point"):
         tiny.encode(x.long())
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
         tiny.encode(x[0])
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
         tiny.encode(torch.zeros(1, 4, 32, 32))
     with pytest.raises(ValueError, match="multiples of the downsampling factor 4"):
         tiny.encode(torch.zeros(1, 3, 30, 32))
-    with pytest.raises(ValueError, match="multiples of the downsampling factor 4"):
+    with pytest.raises(ValueError, match="x must have no empty dimension"):
         tiny(torch.zeros(1, 3, 32, 0))
-    with pytest.raises(ValueError, match="quant must have 32 channels"):
+    with pytest.raises(ValueError, match=r"quant must have shape \(B, 32, H, W\)"):
         tiny.decode(torch.zeros(1, 31, 8, 8))
-    with pytest.raises(ValueError, match="z must have 32 channels"):
+    with pytest.raises(ValueError, match=r"z must have shape \(B, 32, H, W\)"):
         tiny.quantize(torch.zeros(1, 16, 8, 8))
     with pytest.raises(TypeError, match="code_b must be an integer tensor"):
         tiny.decode_code(torch.zeros(1, 8, 8))
@@ -297,9 +297,9 @@ def test_bad_inputs(tiny):
     (dict(num_res_blocks=0), ValueError, "num_res_blocks must be >= 1"),
     (dict(n_embed=True), TypeError, "n_embed must be an int"),
     (dict(embed_dim=2.0), TypeError, "embed_dim must be an int"),
-    (dict(entropy_temperature=0.0), ValueError, "entropy_temperature must be > 0"),
-    (dict(beta=float("nan")), ValueError, "beta must be finite"),
-    (dict(dropout=1.0), ValueError, "dropout must be < 1"),
+    (dict(entropy_temperature=0.0), ValueError, r"entropy_temperature must be a finite number in \(0, inf\)"),
+    (dict(beta=float("nan")), ValueError, "beta must be a finite number"),
+    (dict(dropout=1.0), ValueError, r"dropout must be a finite number in \[0, 1\)"),
     (dict(double_z=True), ValueError, "double_z=True is not supported"),
     (dict(use_entropy_loss=1), TypeError, "use_entropy_loss must be a bool"),
     (dict(attn_resolutions=[8, -1]), ValueError, r"attn_resolutions\[1\] must be >= 1"),

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from vqswitch.adapters import (describe_model, encode_codes, load_pretrained, load_swapped, save_swapped,
                                swap_quantizer)
-from vqswitch.adapters.saving import SwappedSaveError, unguard_native_saving
+from vqswitch.adapters.native_saving import SwappedSaveError, unguard_native_saving
 
 UPSTREAM = Path(__file__).parent / "fixtures" / "upstream"
 

@@ -59,9 +59,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoints import load_state_dict_strict, read_state_dict, resolve_file
+from vqswitch._checks import check_bool, check_images, check_int, check_int_list, check_int_tensor, check_real
 
-__all__ = ["IBQ", "IBQQuantizer", "Encoder", "Decoder", "DEFAULT_CONFIG", "PRETRAINED", "DEFAULT_REPO_ID", "entropy_terms",
+from ..checkpoints import load_state_dict_strict, optional_file, read_state_dict, resolve_file
+
+__all__ = ["IBQ", "IBQQuantizer", "Encoder", "Decoder", "DEFAULT_CONFIG", "PRETRAINED", "DEFAULT_REPO_ID",
+           "entropy_terms",
            "config_from_upstream", "generator_state_dict", "load_pretrained"]
 
 # The real public checkpoints (configs/IBQ/gpu/imagenet_ibqgan_{1024,8192}.yaml of SEED-Voken):
@@ -95,61 +98,10 @@ _UPSTREAM_IGNORED = frozenset({
 })
 
 
-# ---------------------------------------------------------------- argument checks
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_ints(name: str, value, minimum: int = 1, allow_empty: bool = False) -> list[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list of ints, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    return [_check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value)]
-
-
-def _check_float(name: str, value, minimum: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _check_float_tensor(name: str, x, channels: int | None = None, ndim: int = 4) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
-
-
-def _check_index_tensor(name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
-
-
 # ---------------------------------------------------------------- building blocks (taming-style)
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)  # upstream quirk: fixed 32 groups, eps 1e-6
+    # upstream quirk: fixed 32 groups, eps 1e-6
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +157,8 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # upstream quirk: pad right/bottom only, then an unpadded stride-2 conv
+        # upstream quirk: pad right/bottom only, then an unpadded stride-2 conv
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Module):
@@ -345,20 +298,20 @@ class IBQQuantizer(nn.Module):
                  entropy_temperature: float = 0.01, sample_minimization_weight: float = 1.0,
                  batch_maximization_weight: float = 1.0):
         super().__init__()
-        self.n_e = _check_int("n_e", n_e)
-        self.e_dim = _check_int("e_dim", e_dim)
-        self.beta = _check_float("beta", beta, 0.0)
-        self.use_entropy_loss = _check_bool("use_entropy_loss", use_entropy_loss)
-        self.entropy_temperature = _check_float("entropy_temperature", entropy_temperature, 0.0, strict=True)
-        self.sample_minimization_weight = _check_float("sample_minimization_weight", sample_minimization_weight)
-        self.batch_maximization_weight = _check_float("batch_maximization_weight", batch_maximization_weight)
+        self.n_e = check_int("n_e", n_e, 1)
+        self.e_dim = check_int("e_dim", e_dim, 1)
+        self.beta = check_real("beta", beta, 0.0)
+        self.use_entropy_loss = check_bool("use_entropy_loss", use_entropy_loss)
+        self.entropy_temperature = check_real("entropy_temperature", entropy_temperature, 0.0, min_open=True)
+        self.sample_minimization_weight = check_real("sample_minimization_weight", sample_minimization_weight)
+        self.batch_maximization_weight = check_real("batch_maximization_weight", batch_maximization_weight)
         self.embedding = nn.Embedding(self.n_e, self.e_dim)  # default N(0, 1) init, as upstream
 
     def extra_repr(self) -> str:
         return f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, use_entropy_loss={self.use_entropy_loss}"
 
     def forward(self, z: torch.Tensor, temp=None, rescale_logits: bool = False, return_logits: bool = False):
-        _check_float_tensor("z", z, self.e_dim)
+        check_images("z", z, channels=self.e_dim)
         weight = self.embedding.weight
         # upstream quirk: codes by the largest raw inner product (no distance, no l2 normalisation)
         logits = torch.einsum("bdhw,nd->bnhw", z, weight)
@@ -381,7 +334,7 @@ class IBQQuantizer(nn.Module):
 
     def get_codebook_entry(self, indices: torch.Tensor, shape=None) -> torch.Tensor:
         """Codes of ``indices``: ``[N, e_dim]``, or with ``shape=(B, h, w, e_dim)`` (B*h*w = N) ``[B, e_dim, h, w]``."""
-        _check_index_tensor("indices", indices)
+        check_int_tensor("indices", indices)
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_e):
             raise ValueError(f"indices must lie in [0, n_e={self.n_e}), got values in "
                              f"[{int(indices.min())}, {int(indices.max())}]")
@@ -410,39 +363,38 @@ class IBQ(nn.Module):
                  use_entropy_loss: bool = True, entropy_temperature: float = 0.01,
                  sample_minimization_weight: float = 1.0, batch_maximization_weight: float = 1.0):
         super().__init__()
-        ch = _check_int("ch", ch)
-        ch_mult = _check_ints("ch_mult", ch_mult)
+        ch = check_int("ch", ch, 1)
+        ch_mult = check_int_list("ch_mult", ch_mult, 1)
         for i, m in enumerate(ch_mult):
             if (ch * m) % 32:
                 raise ValueError(f"ch * ch_mult[{i}] = {ch * m} must be a multiple of 32 (GroupNorm with 32 groups)")
         cfg = {
             "ch": ch, "ch_mult": ch_mult,
-            "num_res_blocks": _check_int("num_res_blocks", num_res_blocks),
-            "attn_resolutions": _check_ints("attn_resolutions", attn_resolutions, allow_empty=True),
-            "z_channels": _check_int("z_channels", z_channels),
-            "resolution": _check_int("resolution", resolution),
-            "in_channels": _check_int("in_channels", in_channels),
-            "out_ch": _check_int("out_ch", out_ch),
-            "double_z": _check_bool("double_z", double_z),
-            "dropout": _check_float("dropout", dropout, 0.0),
-            "n_embed": _check_int("n_embed", n_embed),
-            "embed_dim": _check_int("embed_dim", embed_dim),
-            "beta": _check_float("beta", beta, 0.0),
-            "l2_normalize": _check_bool("l2_normalize", l2_normalize),
-            "use_entropy_loss": _check_bool("use_entropy_loss", use_entropy_loss),
-            "entropy_temperature": _check_float("entropy_temperature", entropy_temperature, 0.0, strict=True),
-            "sample_minimization_weight": _check_float("sample_minimization_weight", sample_minimization_weight),
-            "batch_maximization_weight": _check_float("batch_maximization_weight", batch_maximization_weight),
+            "num_res_blocks": check_int("num_res_blocks", num_res_blocks, 1),
+            "attn_resolutions": check_int_list("attn_resolutions", attn_resolutions, 1, empty=True),
+            "z_channels": check_int("z_channels", z_channels, 1),
+            "resolution": check_int("resolution", resolution, 1),
+            "in_channels": check_int("in_channels", in_channels, 1),
+            "out_ch": check_int("out_ch", out_ch, 1),
+            "double_z": check_bool("double_z", double_z),
+            "dropout": check_real("dropout", dropout, 0.0, 1.0, max_open=True),
+            "n_embed": check_int("n_embed", n_embed, 1),
+            "embed_dim": check_int("embed_dim", embed_dim, 1),
+            "beta": check_real("beta", beta, 0.0),
+            "l2_normalize": check_bool("l2_normalize", l2_normalize),
+            "use_entropy_loss": check_bool("use_entropy_loss", use_entropy_loss),
+            "entropy_temperature": check_real("entropy_temperature", entropy_temperature, 0.0, min_open=True),
+            "sample_minimization_weight": check_real("sample_minimization_weight", sample_minimization_weight),
+            "batch_maximization_weight": check_real("batch_maximization_weight", batch_maximization_weight),
         }
-        if cfg["dropout"] >= 1.0:
-            raise ValueError(f"dropout must be < 1, got {cfg['dropout']}")
         if cfg["double_z"]:
             raise ValueError("double_z=True is not supported: IBQ's quant_conv takes z_channels, so upstream "
                              "cannot run it either (the real configs use False)")
         self._config = cfg
         self.embed_dim = cfg["embed_dim"]
         self.n_embed = cfg["n_embed"]
-        # Registration order = upstream state_dict order (encoder, decoder, [loss], quantize, quant_conv, post_quant_conv).
+        # Registration order = upstream state_dict order (encoder, decoder, [loss], quantize, quant_conv,
+        # post_quant_conv).
         self.encoder = Encoder(**cfg)
         self.decoder = Decoder(**cfg)
         # upstream quirk: l2_normalize never reaches IBQ's quantizer; it is recorded and has no effect.
@@ -479,9 +431,9 @@ class IBQ(nn.Module):
     # ------------------------------------------------------------ upstream methods
     def encode(self, x: torch.Tensor):
         """images [-1, 1] (B, in_channels, H, W) -> ``(z_q, loss, (None, None, indices))`` (the quantizer's return)."""
-        _check_float_tensor("x", x, self._config["in_channels"])
+        check_images("x", x, channels=self._config["in_channels"])
         f = self.downsample_factor
-        if x.shape[-2] % f or x.shape[-1] % f or x.shape[-2] == 0 or x.shape[-1] == 0:
+        if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f"x's height and width must be positive multiples of the downsampling factor {f}, "
                              f"got shape {tuple(x.shape)}")
         h = self.quant_conv(self.encoder(x))
@@ -489,7 +441,7 @@ class IBQ(nn.Module):
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
         """quantized latents (B, embed_dim, h, w) -> images (B, out_ch, h*f, w*f), unclamped."""
-        _check_float_tensor("quant", quant, self.embed_dim)
+        check_images("quant", quant, channels=self.embed_dim)
         return self.decoder(self.post_quant_conv(quant))
 
     def decode_code(self, code_b: torch.Tensor, shape=None) -> torch.Tensor:
@@ -501,7 +453,7 @@ class IBQ(nn.Module):
         (h = w = sqrt(L)); or any layout holding B*h*w indices in (b, h, w) row-major order together
         with ``shape=(B, h, w)``.
         """
-        _check_index_tensor("code_b", code_b)
+        check_int_tensor("code_b", code_b)
         if shape is not None:
             shape = tuple(int(s) for s in shape)
             if len(shape) != 3 or min(shape) < 1 or math.prod(shape) != code_b.numel():
@@ -592,7 +544,8 @@ def _dotless(name: str) -> str:
 
 def _ema_weight_keys(state_dict: dict) -> list[str]:
     """The ``model_ema.*`` weight keys, without LitEma's counters and the loss discriminator's copies."""
-    return [k for k in state_dict if k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")
+    return [k for k in state_dict
+            if k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")
             and not k.startswith("model_ema.loss")]
 
 
@@ -648,15 +601,6 @@ def _codebook_rows(state_dict: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def _hub_config_yaml(repo_id: str, revision, cache_dir) -> Path | None:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return resolve_file(repo_id, "config.yaml", revision=revision, cache_dir=cache_dir)
-    except (OSError, EntryNotFoundError, ValueError):
-        return None
-
-
 def load_pretrained(repo_id_or_path: str | os.PathLike = DEFAULT_REPO_ID, filename: str | None = None, *,
                     revision: str | None = None, cache_dir=None, config: dict | None = None,
                     use_ema: bool | None = None) -> IBQ:
@@ -696,7 +640,7 @@ def load_pretrained(repo_id_or_path: str | os.PathLike = DEFAULT_REPO_ID, filena
     else:
         yaml_path = path.parent / "config.yaml"
         if not yaml_path.is_file() and not is_local and known is None:
-            yaml_path = _hub_config_yaml(str(repo_id_or_path), revision, cache_dir)
+            yaml_path = optional_file(repo_id_or_path, "config.yaml", revision=revision, cache_dir=cache_dir)
         if yaml_path is not None and yaml_path.is_file():
             cfg = config_from_upstream(_read_yaml(yaml_path))
         else:

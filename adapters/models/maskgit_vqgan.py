@@ -35,7 +35,8 @@ Upstream quirks kept because the checkpoint or the numbers depend on them:
    (``s = sqrt(N)``: square token grids only). It is kept, not made contiguous: the CPU
    convolutions take a channels-last kernel path for it, so ``decode_code`` reproduces upstream's
    ``decode_code`` exactly (its output keeps channels-last strides, as upstream's), and differs
-   from ``decode(quantized_states)`` of the same codes by float32 rounding (7e-6 on the fixture). ``decode(get_codebook_entry(i).contiguous())``
+   from ``decode(quantized_states)`` of the same codes by float32 rounding (7e-6 on the fixture).
+   ``decode(get_codebook_entry(i).contiguous())``
    equals ``decode`` of the forward pass's quantized states bit for bit.
 
 Every path that quantizes or looks codes up goes through ``self.quantize`` (``__call__``,
@@ -54,7 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_state_dict_strict, read_state_dict, resolve_file
+from vqswitch._checks import check_bool, check_images, check_int, check_int_list, check_int_tensor, check_real
+from vqswitch._io import read_json_object
+
+from ..checkpoints import hub_repo_id, load_state_dict_strict, optional_file, read_state_dict, resolve_file
 
 __all__ = [
     "MaskGitVQGAN",
@@ -95,62 +99,21 @@ _EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float(name: str, value, low: float, high: float | None = None, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (high is not None and (value >= high if high_open else value > high)):
-        upper = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
-        raise ValueError(f"{name} must be finite, >= {low}{upper}, got {value}")
-    return value
-
-
-def _int_list(name: str, value, minimum: int, allow_empty: bool) -> list[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a list or tuple of ints, got {type(value).__name__}")
-    out = [_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value)]
-    if not out and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    return out
-
-
 def _tower_args(hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels, dropout):
-    hidden_channels = _int("hidden_channels", hidden_channels)
-    channel_mult = _int_list("channel_mult", channel_mult, 1, allow_empty=False)
+    hidden_channels = check_int("hidden_channels", hidden_channels, 1)
+    channel_mult = check_int_list("channel_mult", channel_mult, 1)
     for i, mult in enumerate(channel_mult):
         if (hidden_channels * mult) % _GROUPS:
             raise ValueError(
                 f"hidden_channels * channel_mult[{i}] = {hidden_channels} * {mult} = {hidden_channels * mult} "
                 f"must be a multiple of {_GROUPS} (the blocks use GroupNorm with {_GROUPS} groups)")
-    return (hidden_channels, channel_mult, _int("num_res_blocks", num_res_blocks), _int("z_channels", z_channels),
-            _int("num_channels", num_channels), _float("dropout", dropout, 0.0, 1.0, high_open=True))
-
-
-def _check_4d(name: str, x, channels: int, channels_name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels ({channels_name}) in dim 1, "
-                         f"got shape {tuple(x.shape)}")
+    return (hidden_channels, channel_mult, check_int("num_res_blocks", num_res_blocks, 1),
+            check_int("z_channels", z_channels, 1), check_int("num_channels", num_channels, 1),
+            check_real("dropout", dropout, 0.0, 1.0, max_open=True))
 
 
 def _check_indices(name: str, indices) -> None:
-    if not isinstance(indices, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(indices).__name__}")
-    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {indices.dtype}")
+    check_int_tensor(name, indices)
     if indices.dim() != 2:
         raise ValueError(f"{name} must be 2-D (B, num_tokens), got shape {tuple(indices.shape)}")
 
@@ -275,7 +238,7 @@ class MaskGitEncoder(nn.Module):
         self.conv_out = SameConv2d(widths[-1], z_channels, 1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        _check_4d("pixel_values", pixel_values, self.num_channels, "num_channels")
+        check_images("pixel_values", pixel_values, channels=self.num_channels)
         x = self.conv_in(pixel_values)
         for level in self.down:
             x = level(x)
@@ -311,7 +274,7 @@ class MaskGitDecoder(nn.Module):
         self.conv_out = SameConv2d(widths[0], num_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        _check_4d("z", z, self.z_channels, "z_channels")
+        check_images("z", z, channels=self.z_channels)
         x = self.conv_in(z)
         for blk in self.mid:
             x = blk(x)
@@ -329,9 +292,9 @@ class MaskGitQuantizer(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float = 0.25):
         super().__init__()
-        self.num_embeddings = _int("num_embeddings", num_embeddings)
-        self.embedding_dim = _int("embedding_dim", embedding_dim)
-        self.commitment_cost = _float("commitment_cost", commitment_cost, 0.0)
+        self.num_embeddings = check_int("num_embeddings", num_embeddings, 1)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.commitment_cost = check_real("commitment_cost", commitment_cost, 0.0)
         self.embedding = nn.Embedding(self.num_embeddings, self.embedding_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / self.num_embeddings, 1.0 / self.num_embeddings)
 
@@ -340,7 +303,7 @@ class MaskGitQuantizer(nn.Module):
                f"commitment_cost={self.commitment_cost}"
 
     def _channels_last(self, hidden_states) -> torch.Tensor:
-        _check_4d("hidden_states", hidden_states, self.embedding_dim, "embedding_dim")
+        check_images("hidden_states", hidden_states, channels=self.embedding_dim)
         return hidden_states.permute(0, 2, 3, 1).contiguous()
 
     def _nearest(self, flat: torch.Tensor) -> torch.Tensor:
@@ -423,20 +386,19 @@ class MaskGitVQGAN(nn.Module):
         super().__init__()
         hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels, dropout = _tower_args(
             hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels, dropout)
-        resolution = _int("resolution", resolution)
+        resolution = check_int("resolution", resolution, 1)
         factor = 2 ** (len(channel_mult) - 1)
         if resolution % factor:
             raise ValueError(f"resolution ({resolution}) must be a multiple of the downsampling factor "
                              f"2**(len(channel_mult)-1) = {factor}")
-        attn_resolutions = _int_list("attn_resolutions", attn_resolutions, 0, allow_empty=True)
-        num_embeddings = _int("num_embeddings", num_embeddings)
-        quantized_embed_dim = _int("quantized_embed_dim", quantized_embed_dim)
+        attn_resolutions = check_int_list("attn_resolutions", attn_resolutions, 0, empty=True)
+        num_embeddings = check_int("num_embeddings", num_embeddings, 1)
+        quantized_embed_dim = check_int("quantized_embed_dim", quantized_embed_dim, 1)
         if quantized_embed_dim != z_channels:
             raise ValueError(f"quantized_embed_dim ({quantized_embed_dim}) must equal z_channels ({z_channels}): "
                              "the model has no quant_conv between the encoder and the codebook")
-        if not isinstance(resample_with_conv, bool):
-            raise TypeError(f"resample_with_conv must be a bool, got {type(resample_with_conv).__name__}")
-        commitment_cost = _float("commitment_cost", commitment_cost, 0.0)
+        check_bool("resample_with_conv", resample_with_conv)
+        commitment_cost = check_real("commitment_cost", commitment_cost, 0.0)
         self._config = {
             "resolution": resolution, "num_channels": num_channels, "hidden_channels": hidden_channels,
             "channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks,
@@ -468,7 +430,8 @@ class MaskGitVQGAN(nn.Module):
         class_name = config.get("_class_name", cls.__name__)
         if class_name != "MaskGitVQGAN":
             raise ValueError(f"config describes class {class_name!r}, not 'MaskGitVQGAN'")
-        unknown = sorted(k for k in config if not (isinstance(k, str) and k.startswith("_")) and k not in DEFAULT_CONFIG)
+        unknown = sorted(k for k in config
+                         if not (isinstance(k, str) and k.startswith("_")) and k not in DEFAULT_CONFIG)
         if unknown:
             raise ValueError(f"unknown MaskGitVQGAN config key(s): {', '.join(map(str, unknown))}; "
                              f"expected a subset of {sorted(DEFAULT_CONFIG)}")
@@ -479,10 +442,10 @@ class MaskGitVQGAN(nn.Module):
 
     # -- input checks
     def _check_pixels(self, pixel_values) -> None:
-        _check_4d("pixel_values", pixel_values, self._config["num_channels"], "num_channels")
+        check_images("pixel_values", pixel_values, channels=self._config["num_channels"])
         height, width = pixel_values.shape[-2:]
         f = self.downsample_factor
-        if height < f or width < f or height % f or width % f:
+        if height % f or width % f:
             raise ValueError(f"pixel_values height and width must be positive multiples of the downsampling "
                              f"factor {f}, got {height}x{width}")
 
@@ -502,7 +465,7 @@ class MaskGitVQGAN(nn.Module):
     def decode(self, quantized_states: torch.Tensor) -> torch.Tensor:
         """``quantized_states: (B, z_channels, h, w)`` float -> pixels ``(B, num_channels, h*f, w*f)``,
         nominally in [0, 1] but **not clamped**."""
-        _check_4d("quantized_states", quantized_states, self._config["z_channels"], "z_channels")
+        check_images("quantized_states", quantized_states, channels=self._config["z_channels"])
         return self.decoder(quantized_states)
 
     def decode_code(self, codebook_indices: torch.Tensor) -> torch.Tensor:
@@ -534,38 +497,17 @@ class MaskGitVQGAN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- loading
-def _entry_not_found():
-    try:
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError:  # huggingface_hub < 0.24
-        from huggingface_hub.utils import EntryNotFoundError
-    return EntryNotFoundError
-
-
-def _is_hub_id(repo_id_or_path) -> bool:
-    path = Path(repo_id_or_path)
-    return not path.exists() and not os.path.isabs(str(repo_id_or_path)) and str(repo_id_or_path).count("/") == 1
-
-
 def _sibling_config(repo_id_or_path, ckpt: Path, revision, cache_dir) -> dict | None:
-    """The open-muse config.json that goes with the checkpoint, or None (see load_pretrained)."""
-    if _is_hub_id(repo_id_or_path):
-        from huggingface_hub import hf_hub_download
-
-        try:
-            file = Path(hf_hub_download(str(repo_id_or_path), "config.json", revision=revision, cache_dir=cache_dir))
-        except _entry_not_found():  # no config.json in the repo (or, offline, none cached)
-            return None
-    else:
-        file = ckpt.parent / "config.json"
-        if not file.is_file():
-            return None
+    """The open-muse config.json that goes with the checkpoint (in its Hub repository, else beside it), or None
+    (see load_pretrained). Raises ValueError for one that is not a JSON object or cannot be read."""
+    where = repo_id_or_path if hub_repo_id(repo_id_or_path) is not None else ckpt.parent
+    file = optional_file(where, "config.json", revision=revision, cache_dir=cache_dir)
+    if file is None:
+        return None
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        config = read_json_object(file, "MaskGIT-VQGAN config")
+    except OSError as err:
         raise ValueError(f"cannot read {str(file)!r}: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{str(file)!r} does not hold a JSON object")
     if config.get("_class_name", "MaskGitVQGAN") != "MaskGitVQGAN":
         return None  # another model's config sharing the folder / repository
     return config

@@ -51,8 +51,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
-import numbers
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -62,7 +60,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoints import load_state_dict_strict, read_state_dict, resolve_file
+from vqswitch._checks import check_bool, check_float_tensor, check_images, check_int, check_int_tensor, check_real
+from vqswitch._io import read_json_object
+
+from ..checkpoints import load_state_dict_strict, optional_file, read_state_dict, resolve_file
 
 __all__ = ["TiTok", "TiTokQuantizer", "TiTokEncoder", "TiTokDecoder", "ResidualAttentionBlock",
            "load_pretrained", "UPSTREAM_MODEL_SIZES", "UPSTREAM_LEGACY_DECODER_OUTPUT_CHANNELS",
@@ -89,30 +90,8 @@ _OVERRIDE_KEYS = ("model_size_table", "legacy_decoder_output_channels", "pixel_d
 # validation helpers
 # ----------------------------------------------------------------------------------------------
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _check_tensor(name: str, x, *, floating: bool | None = None) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if floating is True and not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if floating is False and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer tensor of code indices, got dtype {x.dtype}")
-
-
-def _autocast_off(device: torch.device):
+def autocast_off(device: torch.device):
+    """A context in which autocast is off on ``device`` (TiTok's quantizer runs in float32 whatever autocast says)."""
     if device.type in ("cuda", "cpu"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
@@ -128,9 +107,9 @@ def _size_entry(name: str, value) -> tuple[int, int, int]:
         value = (value["width"], value["num_layers"], value["num_heads"])
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
         raise ValueError(f"model size {name!r} must be (width, num_layers, num_heads), got {value!r}")
-    width = _positive_int(f"model size {name!r} width", value[0])
-    layers = _positive_int(f"model size {name!r} num_layers", value[1])
-    heads = _positive_int(f"model size {name!r} num_heads", value[2])
+    width = check_int(f"model size {name!r} width", value[0], 1)
+    layers = check_int(f"model size {name!r} num_layers", value[1], 1)
+    heads = check_int(f"model size {name!r} num_heads", value[2], 1)
     if width % heads:
         raise ValueError(f"model size {name!r}: width {width} is not divisible by num_heads {heads}")
     return width, layers, heads
@@ -318,13 +297,10 @@ class TiTokQuantizer(nn.Module):
     def __init__(self, codebook_size: int, token_size: int, commitment_cost: float = 0.25,
                  use_l2_norm: bool = False):
         super().__init__()
-        self.codebook_size = _positive_int("codebook_size", codebook_size)
-        self.token_size = _positive_int("token_size", token_size)
-        if isinstance(commitment_cost, bool) or not isinstance(commitment_cost, numbers.Real) \
-                or not math.isfinite(commitment_cost) or commitment_cost < 0:
-            raise ValueError(f"commitment_cost must be a finite number >= 0, got {commitment_cost!r}")
-        self.commitment_cost = float(commitment_cost)
-        self.use_l2_norm = _flag("use_l2_norm", use_l2_norm)
+        self.codebook_size = check_int("codebook_size", codebook_size, 1)
+        self.token_size = check_int("token_size", token_size, 1)
+        self.commitment_cost = check_real("commitment_cost", commitment_cost, 0.0)
+        self.use_l2_norm = check_bool("use_l2_norm", use_l2_norm)
         self.embedding = nn.Embedding(self.codebook_size, self.token_size)
         self.embedding.weight.data.uniform_(-1.0 / self.codebook_size, 1.0 / self.codebook_size)
 
@@ -337,10 +313,8 @@ class TiTokQuantizer(nn.Module):
         return F.normalize(weight, dim=-1) if self.use_l2_norm else weight
 
     def forward(self, z: torch.Tensor):
-        _check_tensor("z", z, floating=True)
-        if z.dim() != 4 or z.shape[1] != self.token_size:
-            raise ValueError(f"z must have shape [B, {self.token_size}, H, W], got {list(z.shape)}")
-        with _autocast_off(z.device):
+        check_images("z", z, channels=self.token_size)
+        with autocast_off(z.device):
             z = z.float().permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]
             flat = z.reshape(-1, self.token_size)
             if self.use_l2_norm:
@@ -368,15 +342,16 @@ class TiTokQuantizer(nn.Module):
 
         With ``use_l2_norm`` the result is L2-normalised (for soft weights, after the mix).
         """
-        _check_tensor("indices", indices)
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
         if indices.dim() == 1:
-            _check_tensor("indices", indices, floating=False)
+            check_int_tensor("indices", indices)
             if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
                 raise ValueError(f"indices must lie in [0, {self.codebook_size}), got values in "
                                  f"[{int(indices.min())}, {int(indices.max())}]")
             codes = F.embedding(indices, self.embedding.weight)
         elif indices.dim() == 2:
-            _check_tensor("indices", indices, floating=True)
+            check_float_tensor("indices", indices)
             if indices.shape[1] != self.codebook_size:
                 raise ValueError(f"soft indices must have shape [M, {self.codebook_size}], got {list(indices.shape)}")
             codes = indices @ self.embedding.weight.to(indices.dtype)
@@ -424,18 +399,18 @@ class TiTok(nn.Module):
                  legacy_decoder_output_channels: int | None = None, pixel_decoder_config: Mapping | None = None,
                  pixel_quantizer: Mapping | None = None):
         super().__init__()
-        image_size = _positive_int("image_size (dataset.preprocessing.crop_size)", image_size)
-        codebook_size = _positive_int("codebook_size", codebook_size)
-        token_size = _positive_int("token_size", token_size)
-        num_latent_tokens = _positive_int("num_latent_tokens", num_latent_tokens)
-        enc_patch = _positive_int("vit_enc_patch_size", vit_enc_patch_size)
-        dec_patch = _positive_int("vit_dec_patch_size", vit_dec_patch_size)
+        image_size = check_int("image_size (dataset.preprocessing.crop_size)", image_size, 1)
+        codebook_size = check_int("codebook_size", codebook_size, 1)
+        token_size = check_int("token_size", token_size, 1)
+        num_latent_tokens = check_int("num_latent_tokens", num_latent_tokens, 1)
+        enc_patch = check_int("vit_enc_patch_size", vit_enc_patch_size, 1)
+        dec_patch = check_int("vit_dec_patch_size", vit_dec_patch_size, 1)
         for name, patch in (("vit_enc_patch_size", enc_patch), ("vit_dec_patch_size", dec_patch)):
             if image_size % patch:
                 raise ValueError(f"image_size {image_size} must be a multiple of {name} {patch}")
-        self.finetune_decoder = _flag("finetune_decoder", finetune_decoder)
-        self.is_legacy = _flag("is_legacy", is_legacy)
-        use_l2_norm = _flag("use_l2_norm", use_l2_norm)
+        self.finetune_decoder = check_bool("finetune_decoder", finetune_decoder)
+        self.is_legacy = check_bool("is_legacy", is_legacy)
+        use_l2_norm = check_bool("use_l2_norm", use_l2_norm)
         if self.finetune_decoder and not self.is_legacy:
             raise ValueError("finetune_decoder=True needs is_legacy=True: the stage-2 pixel decoder reads the "
                              "legacy decoder's logits over the pixel codebook")
@@ -456,7 +431,7 @@ class TiTok(nn.Module):
 
         if legacy_decoder_output_channels is None:
             legacy_decoder_output_channels = UPSTREAM_LEGACY_DECODER_OUTPUT_CHANNELS
-        legacy_out = _positive_int("legacy_decoder_output_channels", legacy_decoder_output_channels)
+        legacy_out = check_int("legacy_decoder_output_channels", legacy_decoder_output_channels, 1)
         pixel_decoder_config = self._pixel_decoder_config(pixel_decoder_config)
         pixel_quantizer = self._pixel_quantizer(pixel_quantizer)
         if self.finetune_decoder:
@@ -522,19 +497,16 @@ class TiTok(nn.Module):
                 or len(cfg["channel_mult"]) == 0:
             raise ValueError(f"pixel_decoder_config['channel_mult'] must be a non-empty list, "
                              f"got {cfg['channel_mult']!r}")
-        cfg["channel_mult"] = [_positive_int("pixel_decoder_config['channel_mult'] entry", m)
+        cfg["channel_mult"] = [check_int("pixel_decoder_config['channel_mult'] entry", m, 1)
                                for m in cfg["channel_mult"]]
         if "num_resolutions" not in value:
             cfg["num_resolutions"] = len(cfg["channel_mult"])
         for key in ("num_resolutions", "hidden_channels", "num_channels", "num_res_blocks", "resolution", "z_channels"):
-            cfg[key] = _positive_int(f"pixel_decoder_config[{key!r}]", cfg[key])
+            cfg[key] = check_int(f"pixel_decoder_config[{key!r}]", cfg[key], 1)
         if cfg["num_resolutions"] != len(cfg["channel_mult"]):
             raise ValueError(f"pixel_decoder_config['num_resolutions'] {cfg['num_resolutions']} must equal "
                              f"len(channel_mult) {len(cfg['channel_mult'])}")
-        dropout = cfg["dropout"]
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(f"pixel_decoder_config['dropout'] must be in [0, 1), got {cfg['dropout']!r}")
-        cfg["dropout"] = float(cfg["dropout"])
+        cfg["dropout"] = check_real("pixel_decoder_config['dropout']", cfg["dropout"], 0.0, 1.0, max_open=True)
         return cfg
 
     @staticmethod
@@ -549,11 +521,8 @@ class TiTok(nn.Module):
                              f"known: {sorted(UPSTREAM_PIXEL_QUANTIZER)}")
         cfg = {**UPSTREAM_PIXEL_QUANTIZER, **dict(value)}
         for key in ("num_embeddings", "embedding_dim"):
-            cfg[key] = _positive_int(f"pixel_quantizer[{key!r}]", cfg[key])
-        cost = cfg["commitment_cost"]
-        if isinstance(cost, bool) or not isinstance(cost, numbers.Real) or not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"pixel_quantizer['commitment_cost'] must be a finite number >= 0, got {cost!r}")
-        cfg["commitment_cost"] = float(cost)
+            cfg[key] = check_int(f"pixel_quantizer[{key!r}]", cfg[key], 1)
+        cfg["commitment_cost"] = check_real("pixel_quantizer['commitment_cost']", cfg["commitment_cost"], 0.0)
         return cfg
 
     @classmethod
@@ -666,19 +635,6 @@ class TiTok(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    # -- inputs ----------------------------------------------------------------------------------
-
-    def _check_images(self, x) -> None:
-        _check_tensor("x", x, floating=True)
-        if x.dim() != 4:
-            raise ValueError(f"x must be images [B, 3, {self.image_size}, {self.image_size}], "
-                             f"got shape {list(x.shape)}")
-        if x.shape[1] != 3:
-            raise ValueError(f"x must have 3 channels (RGB in [0, 1]), got {x.shape[1]} (shape {list(x.shape)})")
-        if tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"x must be {self.image_size}x{self.image_size} images (the config's crop_size), "
-                             f"got {x.shape[2]}x{x.shape[3]}")
-
     # -- the upstream API ------------------------------------------------------------------------
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
@@ -686,7 +642,7 @@ class TiTok(nn.Module):
 
         No ``no_grad`` and no mode switch, whatever ``finetune_decoder`` says.
         """
-        self._check_images(x)
+        check_images("x", x, channels=3, size=(self.image_size, self.image_size))
         return self.encoder(pixel_values=x, latent_tokens=self.latent_tokens)
 
     def encode(self, x: torch.Tensor):
@@ -717,7 +673,7 @@ class TiTok(nn.Module):
         Stage-2: decoder logits -> softmax over the pixel codebook -> soft mix of
         ``pixel_quantize``'s codes -> ``pixel_decoder``. Legacy stage-1 returns the logits.
         """
-        _check_tensor("z_quantized", z_quantized, floating=True)
+        check_float_tensor("z_quantized", z_quantized)
         expected = (self.token_size, 1, self.num_latent_tokens)
         if z_quantized.dim() != 4 or tuple(z_quantized.shape[1:]) != expected:
             raise ValueError(f"z_quantized must have shape [B, {self.token_size}, 1, {self.num_latent_tokens}], "
@@ -731,7 +687,7 @@ class TiTok(nn.Module):
     def lookup_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Code ids ``[B, 1, N]`` (or ``[B, N]``) -> decoder input ``[B, token_size, 1, N]`` via
         ``self.quantize.get_codebook_entry``."""
-        _check_tensor("tokens", tokens, floating=False)
+        check_int_tensor("tokens", tokens)
         if tokens.dim() == 3 and tokens.shape[1] == 1:
             tokens = tokens[:, 0]
         if tokens.dim() != 2 or tokens.shape[1] != self.num_latent_tokens:
@@ -757,23 +713,12 @@ class TiTok(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 def _read_json(what: str, source) -> dict | None:
+    """``source`` itself (None or a mapping), or the JSON object in the file it names."""
     if source is None or isinstance(source, Mapping):
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"{what} must be a mapping or a path to a JSON file, got {type(source).__name__}")
-    try:
-        return json.loads(Path(source).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} file {str(source)!r} is not valid JSON: {err}") from err
-
-
-def _optional_file(repo_id_or_path, filename: str, **kw) -> Path | None:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return resolve_file(repo_id_or_path, filename, **kw)
-    except (FileNotFoundError, EntryNotFoundError):
-        return None
+    return read_json_object(source, f"{what} file")
 
 
 def load_pretrained(repo_id_or_path, *, revision: str | None = None, cache_dir=None, overrides=None,
@@ -813,14 +758,14 @@ def load_pretrained(repo_id_or_path, *, revision: str | None = None, cache_dir=N
     else:
         if config is None:
             config = resolve_file(repo_id_or_path, "config.json", **hub)
-        weights = _optional_file(repo_id_or_path, "model.safetensors", **hub)
+        weights = optional_file(repo_id_or_path, "model.safetensors", **hub)
         if weights is None:
-            weights = _optional_file(repo_id_or_path, "pytorch_model.bin", **hub)
+            weights = optional_file(repo_id_or_path, "pytorch_model.bin", **hub)
         if weights is None:
             raise FileNotFoundError(f"neither model.safetensors nor pytorch_model.bin found in "
                                     f"{str(repo_id_or_path)!r}")
         if overrides is None:
-            overrides = _optional_file(repo_id_or_path, "overrides.json", **hub)
+            overrides = optional_file(repo_id_or_path, "overrides.json", **hub)
     config = _read_json("config", config)
     overrides = _read_json("overrides", overrides)
     model = TiTok.from_config(config, overrides)
