@@ -1,7 +1,9 @@
 """Three-stage fine-tuning: what each stage trains and freezes, its losses, the latent cache, checkpoints,
-resume after a real kill, NaN stops, and DDP on two gloo processes."""
+resume after a real kill, NaN stops, and DDP on two gloo processes (slow: the real kill and the processes)."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import signal
@@ -14,16 +16,24 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from vqswitch._io import temp_prefix
 from vqswitch.adapters import load_pretrained, load_swapped, swap_quantizer, swapped_quantizer
 from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig, TrainingDiverged
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "maskgit_vqgan_tiny"
+TITOK = Path(__file__).parent / "fixtures" / "upstream" / "titok_tiny"
 
 
-def make_model():
+@functools.lru_cache(maxsize=1)
+def _swapped_fixture():
     base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
     torch.manual_seed(0)  # the router's initialisation
     return swap_quantizer(base, num_groups=4, codebook_size=16, token_specific=False, router_hidden_dim=16)
+
+
+def make_model():
+    """A fresh copy of one swapped tiny MaskGIT-VQGAN (the swap's k-means runs once per process)."""
+    return copy.deepcopy(_swapped_fixture())
 
 
 def make_data(n=24, seed=0):
@@ -102,6 +112,7 @@ def test_stage2_ends_with_the_final_codes_counted(tmp_path):
     assert torch.equal(q.group_counts, torch.bincount(codes.groups, minlength=M))
 
 
+@pytest.mark.slow  # trains the decoder for several steps
 def test_stage3_trains_the_decoder_only(tmp_path):
     model = make_model()
     Finetuner(model, make_data(), tmp_path / "a", config(steps=(2, 2, 0), stages=(1, 2))).run()
@@ -115,25 +126,67 @@ def test_stage3_trains_the_decoder_only(tmp_path):
 
 
 def test_stage1_refuses_a_token_specific_quantizer(tmp_path):
-    base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
-    model = swap_quantizer(base, num_groups=2, token_specific=True, router_hidden_dim=8)
+    model = make_model()
+    swapped_quantizer(model).to_token_specific()
     with pytest.raises(ValueError, match="token-shared"):
         Finetuner(model, make_data(), tmp_path, config(stages=(1,))).run()
 
 
-def test_bad_configuration_and_data(tmp_path):
-    with pytest.raises(ValueError, match="stages"):
-        Finetuner(make_model(), make_data(), tmp_path, config(stages=(2, 1)))
-    with pytest.raises(ValueError, match="stage1.steps"):
-        Finetuner(make_model(), make_data(), tmp_path, FinetuneConfig(stage1=StageConfig(steps=-1)))
-    with pytest.raises(ValueError, match="stage3.lr"):
-        Finetuner(make_model(), make_data(), tmp_path, FinetuneConfig(stage3=StageConfig(lr=float("nan"))))
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: config(stages=(2, 1)), ValueError, "stages"),
+    (lambda: config(stages=()), ValueError, "stages"),
+    (lambda: config(stages=(True, 2)), ValueError, "stages"),
+    (lambda: config(stages=(1, 4)), ValueError, "stages"),
+    (lambda: FinetuneConfig(stage1=StageConfig(steps=-1)), ValueError, "stage1.steps"),
+    (lambda: FinetuneConfig(stage2=StageConfig(batch_size=0)), ValueError, "stage2.batch_size"),
+    (lambda: FinetuneConfig(stage2=StageConfig(batch_size=2.5)), TypeError, "stage2.batch_size"),
+    (lambda: FinetuneConfig(stage3=StageConfig(lr=float("nan"))), ValueError, "stage3.lr"),
+    (lambda: FinetuneConfig(stage3=StageConfig(identity_weight=-1)), ValueError, "stage3.identity_weight"),
+    (lambda: FinetuneConfig(stage1=StageConfig(weight_decay="0")), TypeError, "stage1.weight_decay"),
+    (lambda: FinetuneConfig(stage1={"steps": 1}), TypeError, "stage1 must be a StageConfig"),
+    (lambda: FinetuneConfig(seed=-1), ValueError, "seed"),
+    (lambda: FinetuneConfig(log_every=True), TypeError, "log_every"),
+    (lambda: FinetuneConfig(checkpoint_every=1.0), TypeError, "checkpoint_every"),
+])
+def test_bad_configurations_are_refused_without_a_model(tmp_path, make, error, match):
+    with pytest.raises(error, match=match):
+        make().check()
+    with pytest.raises(error, match=match):  # the Finetuner checks its config before it looks at the model
+        Finetuner(None, None, tmp_path, make())
+
+
+def test_configuration_check_normalises_and_returns_itself():
+    import numpy as np
+
+    cfg = FinetuneConfig(stages=[np.int64(1), 3], stage1=StageConfig(steps=np.int64(2), lr=np.float32(0.5)),
+                         seed=np.int64(7))
+    assert cfg.check() is cfg
+    assert cfg.stages == (1, 3) and type(cfg.stage1.steps) is int and type(cfg.seed) is int
+    assert cfg.stage1.lr == 0.5 and type(cfg.stage1.lr) is float
+    json.dumps(cfg.to_dict())  # what a checkpoint records
+    assert StageConfig().check() == StageConfig()
+    with pytest.raises(ValueError, match=r"^stage\.steps"):
+        StageConfig(steps=-1).check()
+    with pytest.raises(TypeError, match="config must be a FinetuneConfig"):
+        Finetuner(None, None, "unused", {"stages": (1,)})
+
+
+def test_bad_model_and_data(tmp_path):
+    base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
     with pytest.raises(ValueError, match="swap_quantizer first"):
-        Finetuner(load_pretrained(FIXTURE, adapter="maskgit-vqgan"), make_data(), tmp_path)
-    with pytest.raises(TypeError, match="float image tensors"):
-        Finetuner(make_model(), iter([torch.zeros(3, 4, dtype=torch.long)]), tmp_path)
+        Finetuner(base, make_data(), tmp_path)
+    torch.manual_seed(0)
+    model = swap_quantizer(base, num_groups=4, codebook_size=16, token_specific=False, router_hidden_dim=16)
+    with pytest.raises(TypeError, match="floating-point"):
+        Finetuner(model, iter([torch.zeros(3, 4, 4, dtype=torch.long)]), tmp_path)
+    with pytest.raises(ValueError, match=r"data must have shape \(B, C, H, W\)"):
+        Finetuner(model, torch.zeros(4, 3, 8), tmp_path)
+    with pytest.raises(ValueError, match="data is empty"):
+        Finetuner(model, iter([]), tmp_path)
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        Finetuner(model, make_data(), tmp_path, autocast_dtype=torch.float32)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        Finetuner(make_model(), make_data(), tmp_path / "empty", config(), resume=True)
+        Finetuner(model, make_data(), tmp_path / "empty", config(), resume=True)
 
 
 # ---------------------------------------------------------------- latent cache, checkpoints
@@ -155,13 +208,82 @@ def test_latent_cache_is_built_once_and_reused(tmp_path):
     assert sum(calls) == 24  # each image encoded once for both stages
     assert (tmp_path / "latents.npy").is_file() and (tmp_path / "latents.json").is_file()
     calls.clear()
-    Finetuner(counted(), make_data(), tmp_path / "other", config(steps=(1, 0, 0), stages=(1,), cache_latents=False)).run()
+    Finetuner(counted(), make_data(), tmp_path / "other",
+              config(steps=(1, 0, 0), stages=(1,), cache_latents=False)).run()
     assert sum(calls) == 8  # without the cache: one encoder pass per batch
     calls.clear()
     Finetuner(counted(), make_data(), tmp_path, config(steps=(2, 0, 0), stages=(1,))).run()
     assert calls == []  # a matching cache is reused
 
 
+def test_model_digest_is_exact_and_leaves_out_the_excluded_modules():
+    from vqswitch.train.latents import model_digest
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    twin = copy.deepcopy(net)
+    assert model_digest(net) == model_digest(twin)
+    with torch.no_grad():
+        net[0].weight[0, :2] = net[0].weight[0, :2].flip(0).clone()  # the same sum, another model
+    assert model_digest(net) != model_digest(twin)
+    net = copy.deepcopy(twin)
+    net[1].running_mean[0] += 1.0  # a buffer
+    assert model_digest(net) != model_digest(twin)
+    net = copy.deepcopy(twin)
+    with torch.no_grad():
+        net[2].weight.add_(1.0)
+    assert model_digest(net) != model_digest(twin)
+    assert model_digest(net, exclude=[net[2]]) == model_digest(twin, exclude=[twin[2]])
+
+
+def test_latent_cache_is_rebuilt_when_a_frozen_tensor_beside_the_encoder_changes(tmp_path):
+    """The key is a digest of every tensor the encoder path may read: TiTok's ``latent_tokens`` (a parameter of
+    the model, not of its encoder) and any buffer count, the quantizer's and the decoder's (which training
+    changes) do not. A key summing ``encoder.parameters()`` reused a stale cache here."""
+    torch.manual_seed(0)
+    model = swap_quantizer(load_pretrained(TITOK, adapter="titok"), num_groups=2, codebook_size=16,
+                           token_specific=False, router_hidden_dim=8)
+    model.register_buffer("probe", torch.zeros(3))  # a buffer outside the encoder
+    encoded = []
+    model.encoder.register_forward_hook(lambda module, args, out: encoded.append(out.shape[0]))
+    data = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cfg = FinetuneConfig(stages=(1,), stage1=StageConfig(steps=1, lr=1e-2, batch_size=4), log_every=0,
+                         progress=False)
+
+    def encoder_passes():
+        encoded.clear()
+        Finetuner(model, data, tmp_path, cfg).run()  # also trains the quantizer: not part of the key
+        return sum(encoded)
+
+    assert encoder_passes() == 4
+    assert encoder_passes() == 0  # reused
+    with torch.no_grad():
+        model.latent_tokens.add_(1e-3)
+    assert encoder_passes() == 4
+    assert encoder_passes() == 0
+    model.probe.fill_(1.0)
+    assert encoder_passes() == 4
+
+
+@pytest.mark.slow  # trains the decoder for several steps
+def test_latent_cache_stays_valid_across_a_resume_in_stage3(tmp_path, monkeypatch):
+    cfg = config(steps=(1, 1, 6), checkpoint_every=2)  # stage 3 sees 6 x 4 = 24 images: it reads the cache
+
+    def stop(finetuner, stage, step, record):
+        if stage == 3 and step == 3:  # the decoder and the quantizer have trained since the cache was built
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Finetuner(make_model(), make_data(), tmp_path, cfg, callback=stop).run()
+    encoded = []
+    real = Finetuner._encode
+    monkeypatch.setattr(Finetuner, "_encode", lambda self, x: encoded.append(len(x)) or real(self, x))
+    resumed = Finetuner(make_model(), make_data(), tmp_path, cfg, resume=True)
+    assert (resumed.stage_index, resumed.step) == (2, 2)
+    resumed.run()
+    assert encoded == []  # the resumed stage 3 read the cache the killed run built
+
+
+@pytest.mark.slow  # trains the decoder for several steps
 def test_checkpoints_after_each_stage_load_back(tmp_path):
     model = Finetuner(make_model(), make_data(), tmp_path, config(checkpoint_every=2)).run()
     root = tmp_path / "checkpoints"
@@ -189,6 +311,7 @@ Finetuner(make_model(), make_data(), {run!r}, config(steps=(3, 4, 3), checkpoint
 """
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reaches_the_same_weights(tmp_path):
     torch.set_num_threads(1)
     reference = Finetuner(make_model(), make_data(), tmp_path / "ref", config(steps=(3, 4, 3))).run()
@@ -213,6 +336,7 @@ def test_resume_refuses_another_configuration(tmp_path):
 
 
 # ---------------------------------------------------------------- NaN stops the run
+@pytest.mark.slow  # trains the decoder for several steps
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     def poison(ft, stage, step, record):
         if stage == 3 and step == 3:  # after the periodic checkpoint of step 2
@@ -227,6 +351,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(bool(torch.isfinite(p).all()) for p in good.parameters())
 
 
+@pytest.mark.slow  # trains the decoder for several steps
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     def poison(ft, stage, step, record):
         if stage == 3 and step == 2:  # just before the periodic checkpoint of step 2
@@ -251,6 +376,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_end_with_identical_weights():
     with tempfile.TemporaryDirectory() as d:
         for attempt in range(2):  # one retry for a rank killed by a signal (see tests/test_router.py)
@@ -273,6 +399,7 @@ def test_ddp_two_ranks_end_with_identical_weights():
 
 
 # ---------------------------------------------------------------- a resume cleans up after the killed run
+@pytest.mark.slow  # trains the decoder for several steps
 def test_resume_cleans_stale_temporaries_and_truncates_the_log(tmp_path):
     torch.set_num_threads(1)
     cfg = config(steps=(3, 4, 1), checkpoint_every=2)
@@ -288,9 +415,10 @@ def test_resume_cleans_stale_temporaries_and_truncates_the_log(tmp_path):
         Finetuner(make_model(), make_data(), run, cfg, callback=die).run()
     root = run / "checkpoints"
     # what a kill at the wrong moment leaves: atomic_write_bytes' temporary of `latest`, a half-written
-    # checkpoint folder, and a torn last line of the log
-    (root / ".latest.k1ll3d.tmp").write_bytes(b"periodic-stage2-step0000004")
-    (root / ".periodic-stage2-step0000004.tmp" / "model").mkdir(parents=True)
+    # checkpoint folder (vqswitch._io's temporaries, of a process that no longer runs), and a torn last line of the log
+    dead = _dead_pid()
+    (root / f"{temp_prefix('latest', dead)}k1ll3d.tmp").write_bytes(b"periodic-stage2-step0000004")
+    (root / f"{temp_prefix('periodic-stage2-step0000004', dead)}k1ll3d.tmp" / "model").mkdir(parents=True)
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"stage": 2, "st')
     resumed = Finetuner(make_model(), make_data(), run, cfg, resume=True)
@@ -304,6 +432,12 @@ def test_resume_cleans_stale_temporaries_and_truncates_the_log(tmp_path):
     assert len(got) == len(set(got)), got  # no (stage, step) twice
     assert got == steps(reference)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_resume_restores_a_checkpoint_caught_between_its_two_renames(tmp_path):

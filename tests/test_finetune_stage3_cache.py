@@ -1,8 +1,11 @@
 """Stage 3 reads the frozen encoder's tokens from the latent cache instead of running the encoder every step."""
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
+import pytest
 import torch
 
 from vqswitch.adapters import load_pretrained, swap_quantizer
@@ -11,10 +14,15 @@ from vqswitch.train.finetune import FinetuneConfig, Finetuner, StageConfig
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "maskgit_vqgan_tiny"
 
 
-def _run(tmp_path, stage3_steps: int, cache_latents: bool = True):
+@functools.lru_cache(maxsize=1)
+def _swapped():
     base = load_pretrained(FIXTURE, adapter="maskgit-vqgan")
     torch.manual_seed(0)
-    model = swap_quantizer(base, num_groups=2, codebook_size=16, token_specific=False)
+    return swap_quantizer(base, num_groups=2, codebook_size=16, token_specific=False)
+
+
+def _run(tmp_path, stage3_steps: int, cache_latents: bool = True):
+    model = copy.deepcopy(_swapped())  # the swap's k-means once per process
     calls = []
     model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     data = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -24,6 +32,7 @@ def _run(tmp_path, stage3_steps: int, cache_latents: bool = True):
     return sum(calls), model
 
 
+@pytest.mark.slow  # two runs of 6 decoder steps
 def test_stage3_encodes_each_image_once_when_it_trains_an_epoch_or_more(tmp_path):
     encoded, cached = _run(tmp_path / "a", stage3_steps=6)  # 48 images seen: the 16 are encoded once, into the cache
     assert encoded == 16

@@ -5,21 +5,26 @@
 3. the decoder alone, on images: L2 + lambda_p perceptual + lambda_f identity.
 
 Stages 1 and 2 read encoder tokens from a memory-mapped :class:`~vqswitch.train.latents.LatentCache`
-built once (a speed-up the paper does not have). Every run writes into ``run_dir``:
+built once (a speed-up the paper does not have); stage 3 reads it too once it would encode the data at
+least once. The cache is keyed on an exact digest (:func:`~vqswitch.train.latents.model_digest`) of every
+parameter and buffer the stages never train (everything but the quantizer and the decoder), so it stays
+valid across a resume and is rebuilt when anything the encoder path reads changes. Every run writes into
+``run_dir`` (the names are :mod:`vqswitch.formats`'):
 
 * ``metrics.jsonl``: one JSON object per logged step (stage, step, losses, bpp, utilisation);
-* ``checkpoints/<name>/``: the swapped model (:func:`~vqswitch.adapters.save_swapped`) and
-  ``trainer.pt`` (optimizer state, stage, step), written to a temporary folder and renamed;
+* ``checkpoints/<name>/``: the swapped model (``model/``, :func:`~vqswitch.adapters.save_swapped`) and
+  ``trainer.pt`` (optimizer state, stage, step), replaced whole (:func:`vqswitch._io.atomic_replace_directory`);
   ``checkpoints/latest`` names the newest. One after every stage (``stage1``...) and one every
   ``checkpoint_every`` steps (only the newest periodic one is kept);
 * ``latents.npy`` / ``latents.json``: the token cache.
 
 ``resume=True`` continues from ``checkpoints/latest`` exactly: batches are drawn from a
 permutation seeded by (seed, stage, epoch), so a killed run that resumes reaches the same weights
-as an uninterrupted one. Resuming first removes the temporaries a kill can leave in ``checkpoints/``
-(``.latest.*.tmp``, ``.<name>.tmp``; a ``.<name>.old`` caught between the two renames of a save is
-put back), and truncates ``metrics.jsonl`` to the checkpoint's (stage, step), so no record appears twice. A NaN or Inf loss stops the run with :class:`TrainingDiverged` before the
-optimizer step; the last good checkpoint stays the latest.
+as an uninterrupted one. Resuming first undoes what a kill can leave in ``checkpoints/``
+(:func:`vqswitch._io.recover_directories`: temporaries of dead writers are removed, a checkpoint caught
+between the two renames of its replacement is put back), and truncates ``metrics.jsonl`` to the checkpoint's
+(stage, step), so no record appears twice. A NaN or Inf loss stops the run with :class:`TrainingDiverged`
+before the optimizer step; the last good checkpoint stays the latest.
 
 Under ``torchrun`` / ``accelerate launch`` (torch.distributed initialised), each rank takes its share
 of every batch (a batch need not be a multiple of the world size, but must give every rank an image),
@@ -32,8 +37,6 @@ process trains on the same 5 images.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,10 +44,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vqswitch._io import atomic_write_bytes
+from vqswitch._checks import check_choice, check_images, check_int, check_real, is_int
+from vqswitch._io import atomic_replace_directory, atomic_write_bytes, recover_directories
 from vqswitch.distributed import average_gradients, rank, world_size
+from vqswitch.formats import (CHECKPOINT_MODEL_DIR, CHECKPOINTS_DIR, LATENTS_NAME, LATEST_FILE, TRAIN_LOG_FILE,
+                              TRAINER_STATE_FILE)
 
-from .latents import LatentCache
+from .latents import LatentCache, model_digest
 from .losses import ReconstructionLoss
 
 __all__ = ["StageConfig", "FinetuneConfig", "Finetuner", "TrainingDiverged", "finetune", "DISPLAY_KEYS",
@@ -52,6 +58,8 @@ __all__ = ["StageConfig", "FinetuneConfig", "Finetuner", "TrainingDiverged", "fi
 
 # FinetuneConfig fields that only change what is shown, never what is trained: a resumed run may change them.
 DISPLAY_KEYS = ("progress",)
+
+STAGES = (1, 2, 3)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -61,7 +69,10 @@ class TrainingDiverged(FloatingPointError):
 @dataclass
 class StageConfig:
     """One stage's settings. ``steps`` optimizer steps of AdamW(``lr``, ``weight_decay``) on batches of
-    ``batch_size`` images (split over DDP ranks). The weights are stage 3's loss weights."""
+    ``batch_size`` images (split over DDP ranks). The weights are stage 3's loss weights.
+
+    Checked by :meth:`check` (no model needed), which :class:`Finetuner` calls through :meth:`FinetuneConfig.check`.
+    """
 
     steps: int = 100
     lr: float = 1e-4
@@ -71,22 +82,29 @@ class StageConfig:
     perceptual_weight: float = 0.0
     identity_weight: float = 0.0
 
-    def check(self, name: str) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"{name}.steps must be an int >= 0, got {self.steps!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"{name}.batch_size must be an int >= 1, got {self.batch_size!r}")
+    def check(self, name: str = "stage") -> StageConfig:
+        """Validate (and normalise: ``int`` / ``float``) every setting; returns ``self``. ``name`` prefixes the
+        messages (``"stage3"`` -> ``"stage3.lr must be ..."``).
+
+        Raises:
+            TypeError: ``steps`` / ``batch_size`` not an int, a rate or weight not a real number (a bool is neither).
+            ValueError: ``steps < 0``, ``batch_size < 1``, a rate or weight negative or not finite.
+        """
+        self.steps = check_int(f"{name}.steps", self.steps, minimum=0)
+        self.batch_size = check_int(f"{name}.batch_size", self.batch_size, minimum=1)
         for key in ("lr", "weight_decay", "l2_weight", "perceptual_weight", "identity_weight"):
-            v = getattr(self, key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {v!r}")
+            setattr(self, key, check_real(f"{name}.{key}", getattr(self, key), minimum=0))
+        return self
 
 
 @dataclass
 class FinetuneConfig:
-    """The whole run: which stages (any of 1, 2, 3, in order), each stage's settings, and bookkeeping."""
+    """The whole run: which stages (any of 1, 2, 3, in order), each stage's settings, and bookkeeping.
 
-    stages: tuple = (1, 2, 3)
+    Checked by :meth:`check` (no model needed); :class:`Finetuner` calls it.
+    """
+
+    stages: tuple = STAGES
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
     stage3: StageConfig = field(default_factory=StageConfig)
@@ -96,16 +114,28 @@ class FinetuneConfig:
     cache_latents: bool = True
     progress: bool = True
 
-    def check(self) -> None:
+    def check(self) -> FinetuneConfig:
+        """Validate (and normalise) every setting; returns ``self``.
+
+        Raises:
+            TypeError: a stage setting that is not a :class:`StageConfig`; a bad type per :meth:`StageConfig.check`;
+                ``seed`` / ``checkpoint_every`` / ``log_every`` not an int.
+            ValueError: ``stages`` empty, not increasing or not drawn from (1, 2, 3); a bad value per
+                :meth:`StageConfig.check` (named ``stage<s>.<key>``); ``seed`` / ``checkpoint_every`` /
+                ``log_every`` < 0.
+        """
         stages = tuple(self.stages)
-        if not stages or any(s not in (1, 2, 3) for s in stages) or list(stages) != sorted(set(stages)):
+        if not stages or any(not is_int(s) or s not in STAGES for s in stages) or list(stages) != sorted(set(stages)):
             raise ValueError(f"stages must be increasing and drawn from (1, 2, 3), got {self.stages!r}")
-        for s in (1, 2, 3):
-            self.stage(s).check(f"stage{s}")
+        self.stages = tuple(int(s) for s in stages)
+        for s in STAGES:
+            stage = self.stage(s)
+            if not isinstance(stage, StageConfig):
+                raise TypeError(f"stage{s} must be a StageConfig, got {type(stage).__name__}")
+            stage.check(f"stage{s}")
         for key in ("checkpoint_every", "log_every", "seed"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{key} must be an int >= 0, got {v!r}")
+            setattr(self, key, check_int(key, getattr(self, key), minimum=0))
+        return self
 
     def stage(self, s: int) -> StageConfig:
         return getattr(self, f"stage{s}")
@@ -116,12 +146,12 @@ class FinetuneConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
+    def from_dict(cls, d: dict) -> FinetuneConfig:
         d = dict(d)
-        for s in (1, 2, 3):
+        for s in STAGES:
             if isinstance(d.get(f"stage{s}"), dict):
                 d[f"stage{s}"] = StageConfig(**d[f"stage{s}"])
-        d["stages"] = tuple(d.get("stages", (1, 2, 3)))
+        d["stages"] = tuple(d.get("stages", STAGES))
         return cls(**d)
 
 
@@ -144,17 +174,12 @@ def _as_dataset(data):
     """A map-style view of ``data``: a (N, C, H, W) tensor, a Dataset (len + getitem), or an iterable of
     (C, H, W) / (B, C, H, W) tensors (gathered into memory once)."""
     if isinstance(data, torch.Tensor):
-        if data.dim() != 4 or not data.is_floating_point():
-            raise ValueError(f"data as a tensor must be (N, C, H, W) float, got {tuple(data.shape)} {data.dtype}")
-        return data
+        return check_images("data", data)
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         return data
     items = []
     for x in data:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() not in (3, 4):
-            raise TypeError(f"data must yield float image tensors (C, H, W) or (B, C, H, W), got "
-                            f"{getattr(x, 'shape', type(x).__name__)}")
-        items.extend(x.unbind(0) if x.dim() == 4 else [x])
+        items.extend(check_images("each item of data", x, single=True).unbind(0))
     if not items:
         raise ValueError("data is empty")
     return torch.stack(items)
@@ -185,8 +210,10 @@ class Finetuner:
         autocast_dtype: None (fp32 throughout), ``torch.bfloat16`` or ``torch.float16``: mixed precision for
             stage 3's decoder (``torch.autocast`` on ``device``; float16 adds a gradient scaler). The encoder, the
             quantizer's code search and stages 1 and 2 stay in float32, so codes never depend on it.
-    Raises: TypeError/ValueError for an unswapped model, bad data, a bad config, an autocast dtype other than
-        the two, or stage 1 on a token-specific quantizer; ValueError on resume naming the settings that differ.
+    Raises: TypeError/ValueError for an unswapped model, bad data (not float images, or empty), a bad config
+        (:meth:`FinetuneConfig.check`), an autocast dtype other than the two, a batch that gives a DDP rank no
+        image, or stage 1 on a token-specific quantizer; ValueError on resume naming the settings that differ;
+        FileNotFoundError on resume without a checkpoint.
     """
 
     def __init__(self, model: nn.Module, data, run_dir, config: FinetuneConfig | None = None, *,
@@ -200,9 +227,7 @@ class Finetuner:
         self.config.check()
         self.adapter = adapter_for(model)
         swapped_quantizer(model)  # raises for an unswapped model
-        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = check_choice("autocast_dtype", autocast_dtype, (None, torch.bfloat16, torch.float16))
         if device is not None:
             from vqswitch.device import check_device
 
@@ -211,11 +236,7 @@ class Finetuner:
             self.device = next(model.parameters()).device
         self.model = model.to(self.device)
         self.data = _as_dataset(data)
-        for s in self.config.stages:  # every rank needs an image of every batch (the losses are global means)
-            if min(self.config.stage(s).batch_size, len(self.data)) < world_size():
-                raise ValueError(f"stage{s}.batch_size={self.config.stage(s).batch_size} (with {len(self.data)} images) "
-                                 f"gives some of the {world_size()} ranks no image; use a batch of at least "
-                                 f"{world_size()} images")
+        self._check_batches()
         self.run_dir = Path(run_dir)
         s3 = self.config.stage3
         self.recon_loss = ReconstructionLoss(l2_weight=s3.l2_weight, perceptual=perceptual,
@@ -228,6 +249,14 @@ class Finetuner:
         if resume:
             self._load_latest()
 
+    def _check_batches(self) -> None:
+        """Every rank needs an image of every batch (the losses are global means)."""
+        for s in self.config.stages:
+            batch = self.config.stage(s).batch_size
+            if min(batch, len(self.data)) < world_size():
+                raise ValueError(f"stage{s}.batch_size={batch} (with {len(self.data)} images) gives some of the "
+                                 f"{world_size()} ranks no image; use a batch of at least {world_size()} images")
+
     # ------------------------------------------------------------------ bookkeeping
     @property
     def quantizer(self):
@@ -237,14 +266,19 @@ class Finetuner:
     def is_main(self) -> bool:
         return rank() == 0
 
+    @property
+    def _checkpoints(self) -> Path:
+        return self.run_dir / CHECKPOINTS_DIR
+
     def _log(self, record: dict) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            with open(self.run_dir / TRAIN_LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def _checkpoint(self, name: str, periodic: bool) -> None:
-        """Write checkpoints/<name>/ (via a temporary folder renamed into place) and point `latest` at it."""
+        """Write checkpoints/<name>/ (replaced whole: the old one or the new one, never half) and point `latest`
+        at it; a periodic one removes the older periodic ones."""
         from vqswitch.adapters import save_swapped
 
         bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -252,22 +286,13 @@ class Finetuner:
             raise TrainingDiverged(f"weights became NaN or Inf ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); "
                                    f"checkpoint {name!r} was not written, the latest good one stays")
         if self.is_main:
-            root = self.run_dir / "checkpoints"
-            final, tmp = root / name, root / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_swapped(self.model, tmp / "model")
+            root = self._checkpoints
             state = {"stage_index": self.stage_index, "step": self.step, "config": json.dumps(self.config.to_dict()),
                      "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
-            torch.save(state, tmp / "trainer.pt")
-            old = None
-            if final.exists():
-                old = root / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            atomic_write_bytes(root / "latest", name.encode())
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            with atomic_replace_directory(root / name) as tmp:
+                save_swapped(self.model, tmp / CHECKPOINT_MODEL_DIR)
+                torch.save(state, tmp / TRAINER_STATE_FILE)
+            atomic_write_bytes(root / LATEST_FILE, name.encode())
             if periodic:  # keep only the newest periodic checkpoint (stage checkpoints stay)
                 for p in root.glob("periodic-*"):
                     if p.name != name:
@@ -275,57 +300,37 @@ class Finetuner:
         if world_size() > 1:
             torch.distributed.barrier()
 
+    def _latest_checkpoint(self) -> Path | None:
+        """The folder ``checkpoints/latest`` names, None before the first checkpoint."""
+        latest = self._checkpoints / LATEST_FILE
+        return self._checkpoints / latest.read_text().strip() if latest.is_file() else None
+
     def _load_latest(self) -> None:
         from vqswitch.adapters import load_swapped
 
-        root = self.run_dir / "checkpoints"
         if self.is_main:
-            self._clean_stale(root)
+            recover_directories(self._checkpoints)  # what a killed save left: put back or removed
         if world_size() > 1:
             torch.distributed.barrier()
-        if not (root / "latest").is_file():
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {str(root)!r}")
-        folder = root / (root / "latest").read_text().strip()
-        state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+        folder = self._latest_checkpoint()
+        if folder is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {str(self._checkpoints)!r}")
+        state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
         saved = FinetuneConfig.from_dict(json.loads(state["config"]))
         differ = config_differences(saved.to_dict(), self.config.to_dict())
         if differ:
             raise ValueError(f"resume needs the settings the run started with; these differ from {str(folder)!r} "
                              f"(saved -> now): {'; '.join(differ)}")
-        self.model = load_swapped(folder / "model", map_location=self.device)
+        self.model = load_swapped(folder / CHECKPOINT_MODEL_DIR, map_location=self.device)
         self.stage_index, self.step = int(state["stage_index"]), int(state["step"])
         self._pending_optimizer_state = state["optimizer"]
         if self.is_main:
             self._truncate_log()
 
-    @staticmethod
-    def _clean_stale(root: Path) -> None:
-        """Remove what a killed run of ours can leave in ``checkpoints/``: the temporary of ``latest``
-        (``.latest.*.tmp``, from :func:`~vqswitch._io.atomic_write_bytes`) and half-written checkpoint
-        folders (``.<name>.tmp``). A ``.<name>.old`` is the previous copy of a checkpoint moved aside just
-        before the new one was renamed in: it is renamed back when the kill came between the two renames
-        (no ``<name>``), else removed. Nothing else is touched."""
-        if not root.is_dir():
-            return
-        for p in sorted(root.iterdir()):
-            if not p.name.startswith("."):
-                continue
-            if p.name.endswith(".old") and p.is_dir():
-                final = root / p.name[1:-len(".old")]
-                if not final.exists():
-                    os.replace(p, final)
-                else:
-                    shutil.rmtree(p, ignore_errors=True)
-            elif p.name.endswith(".tmp"):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif p.name.startswith(".latest."):
-                    p.unlink(missing_ok=True)
-
     def _truncate_log(self) -> None:
         """Drop the ``metrics.jsonl`` records written after the checkpoint being resumed (the resumed run
         writes them again), and a torn last line; rewritten atomically."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / TRAIN_LOG_FILE
         if not path.is_file():
             return
         stages = tuple(self.config.stages)
@@ -361,16 +366,21 @@ class Finetuner:
 
         return encode_latents(self.model, images.to(self.device), check_range=False)
 
+    def _cache_key(self) -> dict:
+        """What the latent cache holds: the adapter, the number of images, and an exact digest of every parameter
+        and buffer no stage trains or changes (the encoder and whatever else the encoder path reads, e.g. TiTok's
+        ``latent_tokens``), so the key survives stages 1-3 and a resume, and nothing else."""
+        trained = [m for s in STAGES for m in self._stage_modules(s)]
+        return {"adapter": self.adapter.name, "num_items": len(self.data),
+                "frozen_digest": model_digest(self.model, exclude=trained)}
+
     def _latent_cache(self) -> LatentCache | None:
         if not self.config.cache_latents:
             return None
-        key = {"adapter": self.adapter.name, "num_items": len(self.data),
-               "fingerprint": float(sum(float(p.detach().double().sum())
-                                        for p in getattr(self.model, "encoder", self.model).parameters()))}
-        path = self.run_dir / "latents"
+        path = self.run_dir / LATENTS_NAME
         if self.is_main:
             cache = LatentCache.build(path, self._encode, len(self.data), lambda idx: _images(self.data, idx),
-                                      key=key, progress=self.config.progress)
+                                      key=self._cache_key(), progress=self.config.progress)
         if world_size() > 1:
             torch.distributed.barrier()
         return cache if self.is_main else LatentCache(path)
@@ -402,16 +412,17 @@ class Finetuner:
         q.train(was_training)
 
     # ------------------------------------------------------------------ stages
+    def _stage_modules(self, stage: int) -> list[nn.Module]:
+        """The modules ``stage`` trains (everything else stays frozen): the quantizer in stages 1 and 2 (stage 2
+        also makes it token-specific), the adapter's decoder modules in stage 3."""
+        return [self.quantizer] if stage in (1, 2) else list(self.adapter.decoder_modules(self.model))
+
     def _trainable(self, stage: int) -> list[nn.Parameter]:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-        if stage in (1, 2):
-            modules = [self.quantizer]
-        else:
-            modules = self.adapter.decoder_modules(self.model)
         params = []
-        for m in modules:
+        for m in self._stage_modules(stage):
             m.train()
             for p in m.parameters():
                 p.requires_grad_(True)
@@ -456,86 +467,110 @@ class Finetuner:
         loss = scaled + (values[0] - scaled.detach())  # value: the global mean; gradient: the scaled share
         return loss, dict(zip(parts, values[1:]))
 
+    # ------------------------------------------------------------------ the run
     def run(self) -> nn.Module:
-        """Run the remaining stages; returns the fine-tuned swapped model (also ``self.model``).
+        """Run the remaining stages; returns the fine-tuned swapped model (also ``self.model``), frozen and in
+        eval mode.
 
-        Raises TrainingDiverged when a loss is NaN or Inf (the last good checkpoint stays the latest).
+        Raises TrainingDiverged when a loss is NaN or Inf (the last good checkpoint stays the latest), ValueError
+        for stage 1 on a token-specific quantizer.
         """
-        from tqdm.auto import tqdm
-
         torch.manual_seed(self.config.seed)
-        stages = tuple(self.config.stages)
         cache = None
-        while self.stage_index < len(stages):
-            stage = stages[self.stage_index]
-            cfg = self.config.stage(stage)
-            if stage == 1 and self.step == 0 and self.quantizer.token_specific:
-                raise ValueError("stage 1 trains token-shared group codebooks, but the quantizer is token-specific: "
-                                 "swap in a token-shared one (token_specific=False) or start at stage 2")
-            if stage == 2 and not self.quantizer.token_specific:
-                self.quantizer.to_token_specific()  # each token's codebook copied from its group's
-            params = self._trainable(stage)
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if self._pending_optimizer_state is not None:
-                self.optimizer.load_state_dict(self._pending_optimizer_state)
-                self._pending_optimizer_state = None
-            if cache is None and (stage in (1, 2) or cfg.steps * cfg.batch_size >= len(self.data)):
-                cache = self._latent_cache()  # stage 3 too reads it, once it would encode the data at least once
-            scaler = torch.amp.GradScaler(self.device.type) \
-                if stage == 3 and self.autocast_dtype == torch.float16 else None
-            H, W = tuple(_images(self.data, [0]).shape[-2:])
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"stage {stage}",
-                       disable=not (self.config.progress and self.is_main))
-            while self.step < cfg.steps:
-                idx = self._batch_indices(stage, self.step, cfg.batch_size)
-                loss, parts = self._stage_loss(stage, idx, cache)
-                if stage == 3 and world_size() > 1:
-                    loss, parts = self._global_batch_loss(loss, parts, len(idx), min(cfg.batch_size, len(self.data)))
-                if not torch.isfinite(loss.detach()).all():
-                    latest = self.run_dir / "checkpoints" / "latest"
-                    where = (self.run_dir / "checkpoints" / latest.read_text().strip()) if latest.is_file() else None
-                    raise TrainingDiverged(f"stage {stage}, step {self.step + 1}: the loss is {float(loss)}; the run "
-                                           f"stopped before updating the weights. Last good checkpoint: "
-                                           f"{str(where) if where else 'none yet'}")
-                self.optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    average_gradients(params)
-                    self.optimizer.step()
-                else:
-                    scaler.scale(loss).backward()
-                    average_gradients(params)
-                    scaler.step(self.optimizer)
-                    scaler.update()
-                self.step += 1
-                record = {"stage": stage, "step": self.step, "loss": float(loss.detach()),
-                          **{k: float(v.detach()) for k, v in parts.items()},
-                          "bpp": self.quantizer.bpp(H, W)}
-                if stage in (1, 2):
-                    util = self.quantizer.utilization()
-                    record["utilization_mean"] = util.mean if util.mean == util.mean else None
-                bar.update(1)
-                shown = {"loss": f"{record['loss']:.4g}", "bpp": f"{record['bpp']:.4f}"}
-                if record.get("utilization_mean") is not None:
-                    shown["util"] = f"{100 * record['utilization_mean']:.1f}%"
-                bar.set_postfix(shown)
-                if self.config.log_every and (self.step % self.config.log_every == 0 or self.step == cfg.steps):
-                    self._log(record)
-                if self.callback is not None:
-                    self.callback(self, stage, self.step, record)
-                if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0 \
-                        and self.step < cfg.steps:
-                    self._checkpoint(f"periodic-stage{stage}-step{self.step:07d}", periodic=True)
-            bar.close()
-            if stage == 2:
-                self._recount_usage(cache)
-            self.stage_index, self.step = self.stage_index + 1, 0
-            self.optimizer = None
-            self._checkpoint(f"stage{stage}", periodic=False)
+        while self.stage_index < len(self.config.stages):
+            cache = self._run_stage(self.config.stages[self.stage_index], cache)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         return self.model
+
+    def _run_stage(self, stage: int, cache: LatentCache | None) -> LatentCache | None:
+        """The rest of ``stage`` from ``self.step``, then its checkpoint; returns the latent cache (built here
+        when this is the first stage that reads it)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config.stage(stage)
+        params = self._start_stage(stage, cfg)
+        if cache is None and (stage in (1, 2) or cfg.steps * cfg.batch_size >= len(self.data)):
+            cache = self._latent_cache()  # stage 3 too reads it, once it would encode the data at least once
+        scaler = torch.amp.GradScaler(self.device.type) if stage == 3 and self.autocast_dtype == torch.float16 \
+            else None
+        image_size = tuple(_images(self.data, [0]).shape[-2:])
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"stage {stage}",
+                   disable=not (self.config.progress and self.is_main))
+        while self.step < cfg.steps:
+            record = self._train_step(stage, cfg, params, cache, scaler, image_size)
+            self._after_step(stage, cfg, record, bar)
+        bar.close()
+        self._end_stage(stage, cache)
+        return cache
+
+    def _start_stage(self, stage: int, cfg: StageConfig) -> list[nn.Parameter]:
+        """Make the quantizer what ``stage`` trains, freeze the rest, and build the optimizer (with the resumed
+        checkpoint's state, once); returns the trained parameters."""
+        if stage == 1 and self.step == 0 and self.quantizer.token_specific:
+            raise ValueError("stage 1 trains token-shared group codebooks, but the quantizer is token-specific: "
+                             "swap in a token-shared one (token_specific=False) or start at stage 2")
+        if stage == 2 and not self.quantizer.token_specific:
+            self.quantizer.to_token_specific()  # each token's codebook copied from its group's
+        params = self._trainable(stage)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self._pending_optimizer_state is not None:
+            self.optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+        return params
+
+    def _train_step(self, stage: int, cfg: StageConfig, params: list[nn.Parameter], cache: LatentCache | None,
+                    scaler, image_size: tuple[int, int]) -> dict:
+        """One optimizer step of ``stage`` (NaN/Inf losses stop the run first); returns its metrics record."""
+        idx = self._batch_indices(stage, self.step, cfg.batch_size)
+        loss, parts = self._stage_loss(stage, idx, cache)
+        if stage == 3 and world_size() > 1:
+            loss, parts = self._global_batch_loss(loss, parts, len(idx), min(cfg.batch_size, len(self.data)))
+        if not torch.isfinite(loss.detach()).all():
+            where = self._latest_checkpoint()
+            raise TrainingDiverged(f"stage {stage}, step {self.step + 1}: the loss is {float(loss.detach())}; the run "
+                                   f"stopped before updating the weights. Last good checkpoint: "
+                                   f"{str(where) if where else 'none yet'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            average_gradients(params)
+            self.optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            average_gradients(params)
+            scaler.step(self.optimizer)
+            scaler.update()
+        self.step += 1
+        record = {"stage": stage, "step": self.step, "loss": float(loss.detach()),
+                  **{k: float(v.detach()) for k, v in parts.items()}, "bpp": self.quantizer.bpp(*image_size)}
+        if stage in (1, 2):
+            util = self.quantizer.utilization()
+            record["utilization_mean"] = util.mean if util.mean == util.mean else None
+        return record
+
+    def _after_step(self, stage: int, cfg: StageConfig, record: dict, bar) -> None:
+        """Show, log and report the step's ``record``; write the periodic checkpoint when one is due."""
+        bar.update(1)
+        shown = {"loss": f"{record['loss']:.4g}", "bpp": f"{record['bpp']:.4f}"}
+        if record.get("utilization_mean") is not None:
+            shown["util"] = f"{100 * record['utilization_mean']:.1f}%"
+        bar.set_postfix(shown)
+        if self.config.log_every and (self.step % self.config.log_every == 0 or self.step == cfg.steps):
+            self._log(record)
+        if self.callback is not None:
+            self.callback(self, stage, self.step, record)
+        if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0 and self.step < cfg.steps:
+            self._checkpoint(f"periodic-stage{stage}-step{self.step:07d}", periodic=True)
+
+    def _end_stage(self, stage: int, cache: LatentCache | None) -> None:
+        """Stage 2 recounts the codes of the training set; every stage ends with its checkpoint."""
+        if stage == 2:
+            self._recount_usage(cache)
+        self.stage_index, self.step = self.stage_index + 1, 0
+        self.optimizer = None
+        self._checkpoint(f"stage{stage}", periodic=False)
 
 
 def finetune(model: nn.Module, data, run_dir, config: FinetuneConfig | None = None, **kwargs) -> nn.Module:

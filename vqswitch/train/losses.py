@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqswitch._checks import check_choice, check_image_pair, check_images, check_range_pair, check_real, is_int
+
 __all__ = [
     "FeatureSimilarityLoss", "TransformersFeatures", "ReconstructionLoss", "perceptual_loss", "identity_loss",
     "IMAGENET_MEAN", "IMAGENET_STD",
@@ -49,58 +51,13 @@ _LAYERS = ("pooler", "last_hidden_mean", "last_hidden")
 
 
 # ---------------------------------------------------------------------------------- validation
-def _check_pixel_range(name: str, value) -> tuple[float, float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (lo, hi) of real numbers, got {value!r}")
-    lo, hi = value
-    for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name} must be a pair (lo, hi) of real numbers, got {value!r}")
-    lo, hi = float(lo), float(hi)
-    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
-        raise ValueError(f"{name} must be finite with lo < hi, got {value!r}")
-    return lo, hi
-
-
-def _check_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def _check_images(name: str, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (B, 3, H, W), got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(x.shape)}")
-    if x.shape[1] != 3:
-        raise ValueError(f"{name} must have 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
-    if min(x.shape) < 1:
-        raise ValueError(f"{name} must have no empty dimension, got shape {tuple(x.shape)}")
-    return x
-
-
-def _check_image_pair(x, y) -> None:
-    _check_images("x", x)
-    _check_images("y", y)
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
-
-
 def _check_image_size(value) -> tuple[int, int] | None:
     if value is None:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if is_int(value):
         value = (int(value), int(value))
     if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value)):
+            or not all(is_int(v) for v in value)):
         raise TypeError(f"image_size must be None, an int or a pair (height, width) of ints, got {value!r}")
     h, w = int(value[0]), int(value[1])
     if h < 1 or w < 1:
@@ -185,13 +142,12 @@ class FeatureSimilarityLoss(nn.Module):
         if not callable(extractor):
             raise TypeError("extractor must be callable (images (B, 3, H, W) -> features (B, F) or (B, N, F)), "
                             f"got {type(extractor).__name__}")
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+        check_choice("kind", kind, _KINDS)
         own = getattr(extractor, "pixel_range", None)
-        own = _check_pixel_range("extractor.pixel_range", own) if own is not None else None
+        own = check_range_pair("extractor.pixel_range", own) if own is not None else None
         if pixel_range is None:
             pixel_range = own if own is not None else (0.0, 1.0)
-        self.pixel_range = _check_pixel_range("pixel_range", pixel_range)
+        self.pixel_range = check_range_pair("pixel_range", pixel_range)
         self.extractor_range = own if own is not None else self.pixel_range
         self.kind = kind
         if isinstance(extractor, nn.Module):
@@ -225,7 +181,7 @@ class FeatureSimilarityLoss(nn.Module):
             devices differ), or an extractor output that is not a floating ``(B, ...)`` tensor, or
             features of ``x`` and ``y`` of different shapes.
         """
-        _check_image_pair(x, y)
+        check_image_pair("x", x, "y", y, channels=3, finite=False)
         extract = self._extract
         with torch.no_grad():
             fx = _features("x", extract(_remap(x.detach(), self.pixel_range, self.extractor_range)), x.shape[0])
@@ -351,7 +307,8 @@ class TransformersFeatures(nn.Module):
         else:
             raise TypeError("model_or_name must be a transformers vision model (nn.Module), a Hub id or a local "
                             f"folder, got {type(model_or_name).__name__}")
-        if (not _takes_pixel_values(model) or _needs_text(model)) and isinstance(getattr(model, "vision_model", None), nn.Module):
+        composite = isinstance(getattr(model, "vision_model", None), nn.Module)
+        if composite and (not _takes_pixel_values(model) or _needs_text(model)):
             model = model.vision_model  # CLIP / SigLIP / BLIP-style composite: use the image tower
         if not _takes_pixel_values(model):
             raise TypeError(f"model_or_name: {type(model).__name__}.forward takes no `pixel_values`; "
@@ -361,11 +318,11 @@ class TransformersFeatures(nn.Module):
         if isinstance(channels, int) and channels != 3:
             raise ValueError(f"model_or_name: the backbone expects num_channels={channels}; only RGB (3) is supported")
 
-        if isinstance(layer, bool) or not isinstance(layer, (str, numbers.Integral)):
+        if not (isinstance(layer, str) or is_int(layer)):
             raise TypeError(f"layer must be one of {_LAYERS} or an int, got {layer!r}")
         if isinstance(layer, str) and layer not in _LAYERS:
             raise ValueError(f"layer must be one of {_LAYERS} or an int, got {layer!r}")
-        if isinstance(layer, numbers.Integral):
+        if is_int(layer):
             layer = int(layer)
             n = getattr(config, "num_hidden_layers", None)
             if isinstance(n, int) and not -(n + 1) <= layer <= n:
@@ -374,7 +331,7 @@ class TransformersFeatures(nn.Module):
 
         self.model = model
         self.layer = layer
-        self.pixel_range = _check_pixel_range("pixel_range", pixel_range)
+        self.pixel_range = check_range_pair("pixel_range", pixel_range)
         size = _check_image_size(image_size)
         if size is None and processor is not None:
             size = _size_from_processor(processor)
@@ -396,10 +353,9 @@ class TransformersFeatures(nn.Module):
                 std = processor.image_std
             else:
                 std = getattr(config, "image_std", None) or IMAGENET_STD
-        self.register_buffer("mean", torch.tensor(_check_channel_stats("mean", mean), dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(_check_channel_stats("std", std), dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
+        for name, value in (("mean", mean), ("std", std)):
+            stats = torch.tensor(_check_channel_stats(name, value), dtype=torch.float32).view(1, 3, 1, 1)
+            self.register_buffer(name, stats, persistent=False)
         self.pooling_fallback = False
 
     @staticmethod
@@ -440,7 +396,7 @@ class TransformersFeatures(nn.Module):
             TypeError / ValueError: ``x`` not a float ``(B, 3, H, W)`` tensor, or on another device than
             the backbone; ValueError for an int ``layer`` the backbone's ``hidden_states`` does not have.
         """
-        _check_images("x", x)
+        check_images("x", x, channels=3)
         dtype, device = self._dtype_device()
         if device is not None and x.device != device:
             raise ValueError(f"x is on {x.device} but the backbone is on {device}; move one of them")
@@ -459,7 +415,8 @@ class TransformersFeatures(nn.Module):
             if hidden is None:
                 raise ValueError(f"layer={self.layer}: {type(self.model).__name__} returned no hidden_states")
             if not -len(hidden) <= self.layer < len(hidden):
-                raise ValueError(f"layer={self.layer} is out of range: the backbone returned {len(hidden)} hidden states")
+                raise ValueError(f"layer={self.layer} is out of range: the backbone returned {len(hidden)} "
+                                 "hidden states")
             return hidden[self.layer]
         if self.layer == "pooler":
             pooled = getattr(out, "pooler_output", None)
@@ -583,13 +540,14 @@ class ReconstructionLoss(nn.Module):
     def __init__(self, l2_weight: float = 1.0, perceptual=None, perceptual_weight: float = 0.0,
                  identity=None, identity_weight: float = 0.0):
         super().__init__()
-        self.l2_weight = _check_weight("l2_weight", l2_weight)
-        self.perceptual_weight = _check_weight("perceptual_weight", perceptual_weight)
-        self.identity_weight = _check_weight("identity_weight", identity_weight)
+        self.l2_weight = check_real("l2_weight", l2_weight, minimum=0)
+        self.perceptual_weight = check_real("perceptual_weight", perceptual_weight, minimum=0)
+        self.identity_weight = check_real("identity_weight", identity_weight, minimum=0)
         for name, term, weight in (("perceptual", perceptual, self.perceptual_weight),
                                    ("identity", identity, self.identity_weight)):
             if term is not None and not callable(term):
-                raise TypeError(f"{name} must be None or a loss module (x, y) -> 0-dim tensor, got {type(term).__name__}")
+                raise TypeError(f"{name} must be None or a loss module (x, y) -> 0-dim tensor, "
+                                f"got {type(term).__name__}")
             if term is None and weight > 0:
                 raise ValueError(f"{name}_weight={weight} > 0 needs a {name} loss module, got {name}=None")
         # nn.Module terms register as submodules (device moves, train/eval); plain callables are kept aside.
@@ -605,8 +563,8 @@ class ReconstructionLoss(nn.Module):
             return _zero(x.device)
         value = fn(x, y)
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() != 1:
-            raise ValueError(f"the {name} loss must return a floating 1-element tensor, got "
-                             f"{type(value).__name__ if not isinstance(value, torch.Tensor) else (value.dtype, tuple(value.shape))}")
+            got = (value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"the {name} loss must return a floating 1-element tensor, got {got}")
         return value.reshape(()).float()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -622,7 +580,7 @@ class ReconstructionLoss(nn.Module):
             TypeError / ValueError: bad ``x`` / ``y``; a term returning something other than a floating
             1-element tensor.
         """
-        _check_image_pair(x, y)
+        check_image_pair("x", x, "y", y, channels=3, finite=False)
         x = x.detach()
         l2 = F.mse_loss(y.float(), x.float())
         perceptual = self._term("perceptual", self.perceptual_weight, x, y)
