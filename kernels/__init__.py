@@ -19,6 +19,12 @@ tensors when triton is importable, else the torch path.
 Both functions run as ``torch.library`` custom ops (``torch.ops.vqswitch.*``, see ``ops.py``), so a
 model that calls them compiles with ``torch.compile(fullgraph=True)``: checks that depend on the
 data (NaN/Inf inputs, group range) run inside the op, at run time, and still raise ``ValueError``.
+
+Validation happens once. The two public functions check their arguments (types, shapes, choices,
+devices: :func:`_check`) and then call the trusted entry points :func:`_nearest_codeword` and
+:func:`_nearest_group`, which take canonical (M, T', K, D) codebooks and check nothing but the
+backend; callers that have validated their inputs themselves (the quantizer, k-means) call those
+directly, so a quantizer forward checks z once (plus the values, inside the op).
 """
 from __future__ import annotations
 
@@ -26,8 +32,8 @@ from typing import NamedTuple
 
 import torch
 
-from .ops import all_finite  # importing ops also registers the torch.ops.vqswitch custom ops
 from .norms import clear_norm_cache
+from .ops import all_finite  # importing ops also registers the torch.ops.vqswitch custom ops
 from .torch_search import DEFAULT_MEMORY_BUDGET, METRICS, plan_tiles
 
 __all__ = [
@@ -73,14 +79,17 @@ def as_grouped_codebooks(codebooks: torch.Tensor, num_tokens: int) -> torch.Tens
     else:
         raise ValueError(f"codebooks must have shape (K, D), (T, K, D) or (M, T', K, D); got {tuple(codebooks.shape)}")
     if cb.shape[1] not in (1, num_tokens):
-        raise ValueError(f"codebooks hold {cb.shape[1]} token codebooks but z has T={num_tokens} tokens "
-                         f"(expected {num_tokens}, or 1 for a shared codebook); codebooks shape {tuple(codebooks.shape)}")
+        raise ValueError(f"codebooks hold {cb.shape[1]} token codebooks but z has T={num_tokens} tokens (expected "
+                         f"{num_tokens}, or 1 for a shared codebook); codebooks shape {tuple(codebooks.shape)}")
     if cb.shape[2] < 1:
         raise ValueError("codebooks must hold at least one code (K >= 1)")
     return cb
 
 
 def _check(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget) -> torch.Tensor:
+    """The public functions' checks, the only place the kernels validate arguments: z and the codebooks as
+    tensors (type, dtype, shapes, device), metric, backend and memory_budget. Returns the codebooks as
+    (M, T', K, D). The values (NaN/Inf, group range) are the op's to check (ops.py)."""
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
     if not z.is_floating_point():
@@ -157,12 +166,12 @@ def nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Ten
             raise ValueError(f"groups is required when codebooks hold M={M} groups")
     else:
         if not isinstance(groups, torch.Tensor) or groups.dtype.is_floating_point or groups.dtype == torch.bool:
-            raise TypeError(f"groups must be an integer tensor of shape (B,), got {getattr(groups, 'dtype', type(groups))}")
+            raise TypeError("groups must be an integer tensor of shape (B,), got "
+                            f"{getattr(groups, 'dtype', type(groups))}")
         if groups.shape != (z.shape[0],):
             raise ValueError(f"groups must have shape (B,)=({z.shape[0]},), got {tuple(groups.shape)}")
         groups = groups.to(device=z.device, dtype=torch.long)
-    backend = resolve_backend(backend, z, cb)
-    return SearchResult(*torch.ops.vqswitch.nearest_codeword(z, cb, groups, metric, backend, memory_budget, check_finite))
+    return _nearest_codeword(z, cb, groups, metric, backend, memory_budget, check_finite)
 
 
 def nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str = "l2", *, backend: str = "auto",
@@ -177,5 +186,26 @@ def nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str = "l2", 
     Raises: as :func:`nearest_codeword`.
     """
     cb = _check(z, codebooks, metric, backend, memory_budget)
-    backend = resolve_backend(backend, z, cb)
-    return GroupSearchResult(*torch.ops.vqswitch.nearest_group(z, cb, metric, backend, memory_budget, check_finite))
+    return _nearest_group(z, cb, metric, backend, memory_budget, check_finite)
+
+
+def _nearest_codeword(z: torch.Tensor, codebooks: torch.Tensor, groups: torch.Tensor | None, metric: str,
+                      backend: str, memory_budget: int, check_finite: bool) -> SearchResult:
+    """:func:`nearest_codeword` for trusted callers: nothing is validated but what only the op can see.
+
+    z: (B, T, D) float; codebooks: canonical (M, T', K, D) float with T' in {1, T}, K >= 1, z's D and device;
+    groups: (B,) int64 on z's device, or None when M == 1; metric in METRICS; backend in BACKENDS;
+    memory_budget: an int >= 1. The op still checks the values (NaN/Inf and magnitudes of z when
+    ``check_finite``, the group range) and :func:`resolve_backend` whether the backend can run here.
+    """
+    backend = resolve_backend(backend, z, codebooks)
+    return SearchResult(*torch.ops.vqswitch.nearest_codeword(z, codebooks, groups, metric, backend, memory_budget,
+                                                             check_finite))
+
+
+def _nearest_group(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget: int,
+                   check_finite: bool) -> GroupSearchResult:
+    """:func:`nearest_group` for trusted callers (the arguments as :func:`_nearest_codeword`'s)."""
+    backend = resolve_backend(backend, z, codebooks)
+    return GroupSearchResult(*torch.ops.vqswitch.nearest_group(z, codebooks, metric, backend, memory_budget,
+                                                               check_finite))

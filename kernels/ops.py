@@ -2,7 +2,7 @@
 
 ``torch.ops.vqswitch.nearest_codeword`` and ``torch.ops.vqswitch.nearest_group`` take canonical
 (M, T', K, D) codebooks and an already-resolved backend; :mod:`vqswitch.kernels` validates the
-arguments and calls them. Their fake (meta) implementations give output shapes and dtypes without
+arguments (its public functions) and calls them. Their fake (meta) implementations give output shapes and dtypes without
 running anything. Checks that depend on values (NaN/Inf, group range) run here, at run time.
 """
 from __future__ import annotations
@@ -21,13 +21,12 @@ def _out_dtype(z: torch.Tensor, cb: torch.Tensor, backend: str) -> torch.dtype:
     return torch.float64 if backend == "torch" and torch.float64 in (z.dtype, cb.dtype) else torch.float32
 
 
-def all_finite(z: torch.Tensor, memory_budget: int | None = None) -> bool:
+def all_finite(z: torch.Tensor) -> bool:
     """Whether float tensor z holds no NaN or Inf: one pass, no temporaries, one device sync.
 
     One min/max reduction (``torch.aminmax``, which propagates NaN) instead of
     ``torch.isfinite(z).all()``, which allocates ~1.6x |z| and ran ~10x slower on 64 MiB. z must be
-    non-empty. ``memory_budget`` is accepted for compatibility and unused: the check allocates nothing
-    that grows with z.
+    non-empty. The check allocates nothing that grows with z.
     """
     lo, hi = torch.aminmax(z.reshape(-1))
     return bool(torch.isfinite(lo).logical_and_(torch.isfinite(hi)))
@@ -43,7 +42,9 @@ def safe_magnitudes(dtype: torch.dtype, dim: int) -> tuple[float, float]:
 
 
 def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups: int, check_finite: bool,
-                    memory_budget: int, compute_dtype: torch.dtype = torch.float32) -> None:
+                    compute_dtype: torch.dtype = torch.float32) -> None:
+    """The value checks, the one place they run (inside the ops, so compiled graphs keep them): NaN/Inf and
+    the magnitude range of z (when ``check_finite``), the range of groups."""
     if check_finite and z.numel():  # one aminmax pass: NaN/Inf and the magnitude range together
         with torch.autocast(z.device.type, enabled=False):  # (autocast would promote the stack of half values)
             lo, hi = torch.stack(torch.aminmax(z.reshape(-1))).tolist()  # one device sync
@@ -52,7 +53,8 @@ def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups:
         low, high = safe_magnitudes(compute_dtype, z.shape[-1])
         biggest = max(abs(lo), abs(hi))
         if biggest > high or 0.0 < biggest < low:
-            raise ValueError(f"z holds values of magnitude {biggest:.3g}: the {str(compute_dtype).replace('torch.', '')} "
+            dtype = str(compute_dtype).replace("torch.", "")
+            raise ValueError(f"z holds values of magnitude {biggest:.3g}: the {dtype} "
                              f"search squares them, which is exact only for max|z| in [{low:.3g}, {high:.3g}] "
                              f"(or 0) at D={z.shape[-1]}; rescale z (the nearest code is scale-invariant for "
                              "all three metrics when the codebooks are rescaled with it)")
@@ -66,9 +68,10 @@ def _runtime_checks(z: torch.Tensor, groups: Optional[torch.Tensor], num_groups:
 def nearest_codeword_op(z: torch.Tensor, codebooks: torch.Tensor, groups: Optional[torch.Tensor], metric: str,
                         backend: str, memory_budget: int, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """z (B, T, D), codebooks (M, T', K, D), groups (B,) int64 or None -> (indices (B, T), distances (B, T))."""
-    _runtime_checks(z, groups, codebooks.shape[0], check_finite, memory_budget, _compute_dtype(z, codebooks))
+    _runtime_checks(z, groups, codebooks.shape[0], check_finite, _compute_dtype(z, codebooks))
     if z.shape[0] == 0:
-        return (z.new_empty(z.shape[:2], dtype=torch.long), z.new_empty(z.shape[:2], dtype=_out_dtype(z, codebooks, backend)))
+        return (z.new_empty(z.shape[:2], dtype=torch.long),
+                z.new_empty(z.shape[:2], dtype=_out_dtype(z, codebooks, backend)))
     if backend == "triton":
         from .triton_search import triton_fixed_groups
 
@@ -88,7 +91,7 @@ def _(z, codebooks, groups, metric, backend, memory_budget, check_finite):
 def nearest_group_op(z: torch.Tensor, codebooks: torch.Tensor, metric: str, backend: str, memory_budget: int,
                      check_finite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """z (B, T, D), codebooks (M, T', K, D) -> (groups (B,), indices (B, T), distances (B, T), group_errors (B, M))."""
-    _runtime_checks(z, None, codebooks.shape[0], check_finite, memory_budget, _compute_dtype(z, codebooks))
+    _runtime_checks(z, None, codebooks.shape[0], check_finite, _compute_dtype(z, codebooks))
     B, T = z.shape[:2]
     M = codebooks.shape[0]
     if B == 0:

@@ -45,9 +45,8 @@ import torch.nn.functional as F
 
 from .norms import codebook_norms
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "SEARCH_PATHS", "TARGET_ELEMENTS", "TilePlan", "Workspace", "choose_path",
-           "exact_distances",
-           "plan_tiles", "search_fixed_groups", "search_all_groups"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "METRICS", "SEARCH_PATHS", "TARGET_ELEMENTS", "TilePlan", "Workspace",
+           "choose_path", "exact_distances", "plan_tiles", "search_fixed_groups", "search_all_groups"]
 
 #: Bytes the search may allocate beyond its inputs, outputs and one copy of z (see the module docstring).
 DEFAULT_MEMORY_BUDGET = 32 * 2**20
@@ -289,8 +288,8 @@ def _group_distances(x: torch.Tensor, xp: torch.Tensor, codebooks: torch.Tensor,
     g, B, T = indices.shape
     per_group = 3 * B * T * x.shape[-1] * torch.empty((), dtype=dtype).element_size()  # codes, x - c, its square
     if per_group > memory_budget // 4:
-        return torch.stack([exact_distances(x, codebooks[g0 + j:g0 + j + 1], None, indices[j], metric, memory_budget, dtype)
-                            for j in range(g)])
+        return torch.stack([exact_distances(x, codebooks[g0 + j:g0 + j + 1], None, indices[j], metric, memory_budget,
+                                            dtype) for j in range(g)])
     out = torch.empty(g, B, T, dtype=dtype, device=x.device)
     for j0, j1 in _ranges(g, max(1, (memory_budget // 4) // per_group)):
         ids = torch.arange(g0 + j0, g0 + j1, device=x.device).view(-1, 1, 1)

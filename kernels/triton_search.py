@@ -1,4 +1,4 @@
-"""Fused Triton nearest-codeword search: kernel, launchers and the norm cache.
+"""Fused Triton nearest-codeword search: the kernel and its launchers.
 
 The torch reference for this file is ``torch_search.py``; tests compare the two per dtype.
 
@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from .norms import clear_norm_cache, codebook_norms as _norms
+from .norms import codebook_norms as _norms
 from .torch_search import _prepare, exact_distances
 
 try:  # triton is optional: the torch path serves when it is missing
@@ -40,7 +40,7 @@ try:  # triton is optional: the torch path serves when it is missing
 except ImportError:  # pragma: no cover - exercised on installs without triton
     triton = None
 
-__all__ = ["available", "interpreting", "block_sizes", "clear_norm_cache", "triton_fixed_groups", "triton_all_groups"]
+__all__ = ["available", "interpreting", "block_sizes", "triton_fixed_groups", "triton_all_groups"]
 
 _METRIC_ID = {"l2": 0, "cosine": 1, "dot": 2}
 
@@ -148,9 +148,11 @@ def _num_splits(programs: int, K: int, block_k: int, device: torch.device) -> in
     return max(1, min(triton.cdiv(K, block_k * 8), triton.cdiv(target, max(programs, 1))))
 
 
-def _launch(xt: torch.Tensor, cb: torch.Tensor, norms, grp: torch.Tensor | None, metric: str, g0: int, groups_here: int):
+def _launch(xt: torch.Tensor, cb: torch.Tensor, norms, grp: torch.Tensor | None, metric: str, g0: int,
+            groups_here: int) -> torch.Tensor:
     """xt: (T', R, D) prepared rows; cb: (M, T', K, D); norms: from :func:`_norms` of the caller's
-    codebook. Returns (val, idx) of shape (G, T', R)."""
+    codebook. Returns idx (G, T', R) int64, the nearest code of each row in each of the G groups searched
+    (the running minima are only needed to merge K splits)."""
     Tp, R, D = xt.shape
     K = cb.shape[2]
     half = xt.dtype in (torch.float16, torch.bfloat16)
@@ -175,9 +177,8 @@ def _launch(xt: torch.Tensor, cb: torch.Tensor, norms, grp: torch.Tensor | None,
         val = val.view(groups_here, splits, Tp, R)
         idx = idx.view(groups_here, splits, Tp, R)
         pick = val.argmin(dim=1, keepdim=True)
-        val = val.gather(1, pick).squeeze(1)
         idx = idx.gather(1, pick).squeeze(1)
-    return val, idx
+    return idx
 
 
 def _kernel_inputs(x: torch.Tensor, cb: torch.Tensor, metric: str):
@@ -202,7 +203,7 @@ def triton_fixed_groups(x: torch.Tensor, cb: torch.Tensor, groups: torch.Tensor 
         xt, grp = xs.reshape(1, B * T, D), gs.repeat_interleave(T)
     else:
         xt, grp = xs.transpose(0, 1), gs
-    _, idx = _launch(xt.contiguous(), cbk.contiguous(), _norms(cb, metric), grp.to(torch.int32).contiguous(), metric, 0, 1)
+    idx = _launch(xt.contiguous(), cbk.contiguous(), _norms(cb, metric), grp.to(torch.int32).contiguous(), metric, 0, 1)
     idx = idx[0].reshape(B, T) if Tp == 1 else idx[0].transpose(0, 1)
     indices = torch.empty_like(idx)
     indices[order] = idx
@@ -226,7 +227,7 @@ def triton_all_groups(x: torch.Tensor, cb: torch.Tensor, metric: str, memory_bud
     def chunks():
         for g0 in range(0, M, step):
             g1 = min(M, g0 + step)
-            _, idx = _launch(xt, cbk, norms, None, metric, g0, g1 - g0)
+            idx = _launch(xt, cbk, norms, None, metric, g0, g1 - g0)
             idx = idx.reshape(g1 - g0, B, T) if Tp == 1 else idx.transpose(1, 2)
             yield g0, idx, _group_distances(xf, xfp, cb, g0, idx, metric, memory_budget, torch.float32)
 
