@@ -9,15 +9,9 @@ fixed-length bits (the group index once per image, then one index per token), an
 """
 from __future__ import annotations
 
+from ._checks import check_int
+
 __all__ = ["index_bits", "bits_per_image", "bpp"]
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def index_bits(n: int) -> int:
@@ -26,7 +20,7 @@ def index_bits(n: int) -> int:
     Exact for every size (integer arithmetic, no floating-point log).
     Raises ``TypeError``/``ValueError`` unless ``n`` is an int >= 1.
     """
-    return (_check_positive_int("n", n) - 1).bit_length()
+    return (check_int("n", n, 1) - 1).bit_length()
 
 
 def bits_per_image(num_tokens: int, codebook_size: int, num_groups: int = 1) -> int:
@@ -38,16 +32,17 @@ def bits_per_image(num_tokens: int, codebook_size: int, num_groups: int = 1) -> 
         num_groups: M, codebook groups (int >= 1); the group index is sent once per image.
     Raises ``TypeError``/``ValueError`` naming the argument for non-int or < 1 values.
     """
-    t = _check_positive_int("num_tokens", num_tokens)
-    _check_positive_int("codebook_size", codebook_size)
-    _check_positive_int("num_groups", num_groups)
-    return t * index_bits(codebook_size) + index_bits(num_groups)
+    t = check_int("num_tokens", num_tokens, 1)
+    k = check_int("codebook_size", codebook_size, 1)
+    m = check_int("num_groups", num_groups, 1)
+    return t * index_bits(k) + index_bits(m)
 
 
 def bpp(bits: int, height: int, width: int) -> float:
-    """Bits per pixel of ``bits`` bits spent on a ``height x width`` image (a float)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
-        raise ValueError(f"bits must be a non-negative int, got {bits!r}")
-    _check_positive_int("height", height)
-    _check_positive_int("width", width)
-    return bits / (height * width)
+    """Bits per pixel of ``bits`` bits spent on a ``height x width`` image (a float).
+
+    Raises ``TypeError``/``ValueError`` naming the argument unless ``bits`` is an int >= 0 and ``height``,
+    ``width`` are ints >= 1.
+    """
+    bits = check_int("bits", bits, 0)
+    return bits / (check_int("height", height, 1) * check_int("width", width, 1))

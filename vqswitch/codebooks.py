@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from vqswitch.kernels import nearest_codeword
+from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, _nearest_codeword
+
+from ._checks import check_float_tensor, check_int
 
 __all__ = ["kmeans", "reduce_codebook", "codebooks_from_latents", "Utilization", "utilization"]
 
@@ -27,17 +29,17 @@ def allocation(what: str):
         yield
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
         text = str(e)
-        if not isinstance(e, MemoryError) and "alloc" not in text.lower() and "memory" not in text.lower():
+        if not isinstance(e, MemoryError) and not any(word in text.lower() for word in ("alloc", "memory")):
             raise
-        raise ValueError(f"cannot allocate {what}: {text.splitlines()[0][:200] if text else type(e).__name__}") from None
+        reason = text.splitlines()[0][:200] if text else type(e).__name__
+        raise ValueError(f"cannot allocate {what}: {reason}") from None
 
 
-def _check_float(name: str, t) -> None:
-    """A floating-point, non-'meta' tensor (integers are refused rather than cast)."""
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    if t.is_meta:
-        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The nearest centroid (l2) of every point: x (N, P, D) float32, centroids (P, K, D) float32 on x's device ->
+    (N, P) int64. Both are this module's own (checked by the public function that made them), so the kernels'
+    trusted entry point searches them; NaN/Inf points still raise ValueError there."""
+    return _nearest_codeword(x, centroids.unsqueeze(0), None, "l2", "auto", DEFAULT_MEMORY_BUDGET, True).indices
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -89,15 +91,11 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
     Raises TypeError for a non-float x (integers are not cast) or a non-int num_clusters; ValueError
     for a wrong shape, num_clusters < 1, or centroids too large to allocate.
     """
-    _check_float("x", x)
+    check_float_tensor("x", x)
     if x.dim() != 3 or x.shape[1] < 1:
         raise ValueError(f"x must have shape (P, N, D) with N >= 1, got {tuple(x.shape)}")
-    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int):
-        raise TypeError(f"num_clusters must be an int, got {type(num_clusters).__name__}")
-    if num_clusters < 1:
-        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    K = check_int("num_clusters", num_clusters, 1)
     P, N, D = x.shape
-    K = int(num_clusters)
     with allocation(f"num_clusters={K} centroids of D={D} for each of P={P} problems"):
         torch.empty(P, K, D + 3, device=x.device)  # the centroids and their per-code bookkeeping, or a clear error
     gen = _generator(seed, x.device)
@@ -120,7 +118,7 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iters: int = 10, metric: str =
     rows = torch.arange(P, device=x.device).unsqueeze(1) * K
     scale = 0.01 * x.std(dim=1, keepdim=True, correction=0)
     for _ in range(iters):
-        assign = nearest_codeword(x.transpose(0, 1), c, metric="l2").indices.T  # (P, N)
+        assign = _nearest(x.transpose(0, 1), c).T  # (P, N)
         flat = (assign + rows).reshape(-1)
         sums = torch.zeros(P * K, D, device=x.device).index_add_(0, flat, x.reshape(-1, D))
         counts = torch.bincount(flat, minlength=P * K).to(x.dtype).unsqueeze(-1)
@@ -152,7 +150,7 @@ def reduce_codebook(weight: torch.Tensor, codebook_size: int, num_groups: int = 
     Raises TypeError for a non-float weight (integers are not cast); ValueError for K > K0, a
     non-(K0, D) or 'meta' weight.
     """
-    _check_float("weight", weight)
+    check_float_tensor("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must have shape (K0, D), got {tuple(weight.shape)}")
     K0, D = weight.shape
@@ -183,7 +181,7 @@ def codebooks_from_latents(z: torch.Tensor, codebook_size: int, num_groups: int 
         images are first clustered into M groups by k-means of their whole (T*D) latent, so each
         group specialises in a kind of image; a group left empty is built from all images.
     """
-    _check_float("z", z)
+    check_float_tensor("z", z)
     if z.dim() != 3 or z.shape[0] < 1:
         raise ValueError(f"z must have shape (N, T, D) with N >= 1, got {tuple(z.shape)}")
     N, T, D = z.shape
@@ -193,7 +191,7 @@ def codebooks_from_latents(z: torch.Tensor, codebook_size: int, num_groups: int 
     if num_groups > 1:
         flat = z.reshape(1, N, T * D)
         centres = kmeans(flat, num_groups, iters=iters, metric="l2", seed=seed)
-        image_groups = nearest_codeword(flat.transpose(0, 1), centres, metric="l2").indices[:, 0]
+        image_groups = _nearest(flat.transpose(0, 1), centres)[:, 0]
     else:
         image_groups = torch.zeros(N, dtype=torch.long, device=z.device)
     books = []

@@ -38,14 +38,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._checks import check_int
 from ._io import atomic_write_bytes
 from .bits import bits_per_image, index_bits
+from .formats import CODES_MAGIC as MAGIC
+from .formats import CODES_VERSION as FORMAT_VERSION
 
 __all__ = ["Codes", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "MAX_ZERO_BIT_VALUES", "check_value_count",
            "pack_payload", "unpack_payload"]
 
-MAGIC = b"VQSC"
-FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sB5I")
 _CRC_OFFSET = _HEADER.size - 4  # the CRC covers bytes [0, 21) then the payload
 HEADER_SIZE = _HEADER.size  # 25
@@ -197,11 +198,14 @@ class Codes:
             raise ValueError(f"groups has B={groups.shape[0]} images but indices has {indices.shape[0]}")
         if indices.shape[1] < 1:
             raise ValueError("indices must have T >= 1 tokens per image, got T=0")
-        bits_per_image(indices.shape[1], self.codebook_size, self.num_groups)  # validates K, M
-        _check_range("groups", groups, self.num_groups, "num_groups")
-        _check_range("indices", indices, self.codebook_size, "codebook_size")
+        k = check_int("codebook_size", self.codebook_size, 1)
+        m = check_int("num_groups", self.num_groups, 1)
+        _check_range("groups", groups, m, "num_groups")
+        _check_range("indices", indices, k, "codebook_size")
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "codebook_size", k)
+        object.__setattr__(self, "num_groups", m)
 
     __hash__ = None  # mutable tensors inside: not hashable
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "global_mean", "global_ratio", "gather_variable", "average_gradients", "broadcast_object"]
+__all__ = ["world_size", "rank", "global_mean", "global_ratio", "gather_variable", "average_gradients"]
 
 
 def world_size() -> int:
@@ -26,15 +26,6 @@ def average_gradients(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world_size()
-
-
-def broadcast_object(obj, src: int = 0):
-    """``obj`` from rank ``src`` on every rank (identity on one process)."""
-    if world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def global_mean(x: torch.Tensor, sync: bool = True) -> torch.Tensor:

@@ -66,15 +66,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._checks import check_bool, check_int, check_real
 from ._io import atomic_write_bytes
 from .codebooks import add_code_counts
 from .codes import Codes, check_value_count
+from .formats import ENTROPY_FILE as FILE_NAME
+from .formats import ENTROPY_FORMAT as FORMAT
+from .formats import ENTROPY_FORMAT_VERSION as FORMAT_VERSION
 
 __all__ = ["EntropyModel", "EntropyDecodeError", "EntropyDensityError", "FILE_NAME", "MAX_VALUES_PER_BYTE"]
 
-FILE_NAME = "entropy_model.safetensors"
-FORMAT = "vqswitch-entropy"
-FORMAT_VERSION = 1
 MAX_ALPHABET = 2**20  # largest K and M
 MAX_COUNT = 2**53  # largest count (exact in float64)
 MIN_SMOOTHING, MAX_SMOOTHING = 1e-12, 1e12  # keeps every row's sum finite and normal for the coder
@@ -100,23 +101,6 @@ def _constriction():
     except ImportError as e:  # pragma: no cover - constriction is a declared dependency
         raise ImportError("vqswitch.entropy needs the 'constriction' package (pip install constriction)") from e
     return constriction.stream.queue, constriction.stream.model
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_smoothing(smoothing) -> float:
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.floating, np.integer)):
-        raise TypeError(f"smoothing must be a float, got {type(smoothing).__name__}")
-    s = float(smoothing)
-    if not MIN_SMOOTHING <= s <= MAX_SMOOTHING:  # also rejects NaN and inf
-        raise ValueError(f"smoothing must be a float in [{MIN_SMOOTHING}, {MAX_SMOOTHING}] (> 0), got {smoothing!r}")
-    return s
 
 
 def _int_array(name: str, value) -> np.ndarray:
@@ -174,8 +158,8 @@ class EntropyModel:
     """
 
     def __init__(self, code_counts, group_counts, *, num_tokens: int, smoothing: float = 0.5):
-        self.num_tokens = _check_int("num_tokens", num_tokens, 1)
-        self.smoothing = _check_smoothing(smoothing)
+        self.num_tokens = check_int("num_tokens", num_tokens, 1)
+        self.smoothing = check_real("smoothing", smoothing, MIN_SMOOTHING, MAX_SMOOTHING)
         counts = _int_array("code_counts", code_counts)
         gcounts = _int_array("group_counts", group_counts)
         if counts.ndim != 3:
@@ -270,7 +254,7 @@ class EntropyModel:
 
         if not isinstance(quantizer, SwitchableTokenQuantizer):
             raise TypeError(f"quantizer must be a SwitchableTokenQuantizer, got {type(quantizer).__name__}")
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
         if isinstance(latents, torch.Tensor):
             if latents.dim() != 3:
                 raise ValueError(f"latents must have shape (N, T, D), got {tuple(latents.shape)}")
@@ -309,9 +293,8 @@ class EntropyModel:
 
         Raises TypeError for anything else; ValueError for an empty list or mismatched T, K or M.
         """
-        num_tokens = _check_int("num_tokens", num_tokens, 1)
-        if not isinstance(token_specific, bool):
-            raise TypeError(f"token_specific must be a bool, got {type(token_specific).__name__}")
+        num_tokens = check_int("num_tokens", num_tokens, 1)
+        check_bool("token_specific", token_specific)
         items = [codes] if isinstance(codes, Codes) else codes
         if not isinstance(items, (list, tuple)):
             raise TypeError(f"codes must be a Codes or a list of Codes, got {type(codes).__name__}")
@@ -418,7 +401,7 @@ class EntropyModel:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, got {type(data).__name__}")
-        batch_size = _check_int("batch_size", batch_size, 0)
+        batch_size = check_int("batch_size", batch_size, 0)
         try:
             data = bytes(data)
         except Exception as e:  # e.g. a memoryview of a non-contiguous buffer

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
 from vqswitch import bits as _bits
-from vqswitch.kernels import DEFAULT_MEMORY_BUDGET, METRICS, all_finite, nearest_codeword, nearest_group
+from vqswitch.kernels import BACKENDS, DEFAULT_MEMORY_BUDGET, METRICS, _nearest_codeword, _nearest_group, all_finite
 
+from ._checks import (check_bool, check_choice, check_float_tensor, check_int, check_int_tensor, check_not_meta,
+                      check_real)
 from ._io import atomic_directory
 from .codebooks import Utilization, add_code_counts, allocation, codebooks_from_latents, reduce_codebook, utilization
 from .codes import Codes
@@ -87,25 +89,6 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_not_meta(name: str, t: torch.Tensor) -> None:
-    if t.is_meta:
-        raise ValueError(f"{name} is a 'meta' tensor (a shape without data); pass a tensor with values")
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 class SwitchableTokenQuantizer(
@@ -173,39 +156,28 @@ class SwitchableTokenQuantizer(
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ):
         super().__init__()
-        self.num_tokens = _check_int("num_tokens", num_tokens)
-        self.codebook_size = _check_int("codebook_size", codebook_size)
-        self.dim = _check_int("dim", dim)
-        self.num_groups = _check_int("num_groups", num_groups)
-        if not isinstance(token_specific, bool):
-            raise TypeError(f"token_specific must be a bool, got {type(token_specific).__name__}")
-        self.token_specific = token_specific
-        self.metric = _check_choice("metric", metric, METRICS)
+        self.num_tokens = check_int("num_tokens", num_tokens, 1)
+        self.codebook_size = check_int("codebook_size", codebook_size, 1)
+        self.dim = check_int("dim", dim, 1)
+        self.num_groups = check_int("num_groups", num_groups, 1)
+        self.token_specific = check_bool("token_specific", token_specific)
+        self.metric = check_choice("metric", metric, METRICS)
         if train_selection is None:
             train_selection = "router" if num_groups > 1 else "nearest"
-        self.train_selection = _check_choice("train_selection", train_selection, SELECTIONS)
-        self.inference_selection = _check_choice("inference_selection", inference_selection, SELECTIONS)
+        self.train_selection = check_choice("train_selection", train_selection, SELECTIONS)
+        self.inference_selection = check_choice("inference_selection", inference_selection, SELECTIONS)
         if num_groups == 1 and "router" in (self.train_selection, self.inference_selection):
             raise ValueError("selection 'router' needs num_groups > 1 (with one group there is no router)")
-        for name, w in (("commitment_weight", commitment_weight), ("balance_weight", balance_weight),
-                        ("decision_weight", decision_weight), ("quality_weight", quality_weight)):
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
-        self.commitment_weight = float(commitment_weight)
-        self.balance_weight, self.decision_weight = float(balance_weight), float(decision_weight)
-        self.quality_weight = float(quality_weight)
-        self.router_hidden_dim = _check_int("router_hidden_dim", router_hidden_dim)
-        if isinstance(router_temperature, bool) or not isinstance(router_temperature, (int, float)):
-            raise TypeError(f"router_temperature must be a number, got {type(router_temperature).__name__}")
-        if not (math.isfinite(router_temperature) and router_temperature > 0):
-            raise ValueError(f"router_temperature must be a finite number > 0, got {router_temperature!r}")
-        self.router_temperature = float(router_temperature)
-        for name, flag in (("track_usage", track_usage), ("check_finite", check_finite)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
-        self.track_usage, self.check_finite = track_usage, check_finite
-        self.backend = _check_choice("backend", backend, ("auto", "torch", "triton"))
-        self.memory_budget = _check_int("memory_budget", memory_budget)
+        self.commitment_weight = check_real("commitment_weight", commitment_weight, 0)
+        self.balance_weight = check_real("balance_weight", balance_weight, 0)
+        self.decision_weight = check_real("decision_weight", decision_weight, 0)
+        self.quality_weight = check_real("quality_weight", quality_weight, 0)
+        self.router_hidden_dim = check_int("router_hidden_dim", router_hidden_dim, 1)
+        self.router_temperature = check_real("router_temperature", router_temperature, 0, min_open=True)
+        self.track_usage = check_bool("track_usage", track_usage)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.memory_budget = check_int("memory_budget", memory_budget, 1)
 
         tokens = num_tokens if token_specific else 1
         with allocation(f"the codebooks (num_groups*T'*codebook_size*dim = {num_groups}*{tokens}*{codebook_size}*{dim} "
@@ -214,7 +186,8 @@ class SwitchableTokenQuantizer(
             self.register_buffer("usage", torch.zeros(num_groups, tokens, codebook_size, dtype=torch.long))
         with allocation(f"the router (num_tokens*router_hidden_dim + dim*router_hidden_dim = "
                          f"{num_tokens}*{router_hidden_dim} + {dim}*{router_hidden_dim} floats)"):
-            self.router = Router(num_tokens, dim, num_groups, router_hidden_dim, router_temperature) if num_groups > 1 else None
+            self.router = (Router(num_tokens, dim, num_groups, router_hidden_dim, router_temperature)
+                           if num_groups > 1 else None)
         self.register_buffer("group_counts", torch.zeros(num_groups, dtype=torch.long))
 
     # ------------------------------------------------------------------ config, bits
@@ -242,23 +215,25 @@ class SwitchableTokenQuantizer(
 
     # ------------------------------------------------------------------ validation
     def _check_z(self, z, finite: bool = True) -> torch.Tensor:
-        """Static checks of z (type, dtype, shape); NaN/Inf too when ``finite`` (the search op checks
-        them itself, at run time, so that compiled graphs need no data-dependent branch here)."""
+        """The one check of z for every public method: type, dtype, shape, device (the search trusts them); NaN/Inf
+        too when ``finite`` (otherwise the search op checks the values itself, at run time, so that compiled
+        graphs need no data-dependent branch here)."""
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z must be a torch.Tensor of shape (B, T, D), got {type(z).__name__}")
-        if not z.is_floating_point():
-            raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
-        _check_not_meta("z", z)
+        check_float_tensor("z", z)
         if self.codebooks.is_meta:
             raise ValueError("the quantizer's weights are on the 'meta' device (no values): load them first "
-                             "(from_pretrained, load_state_dict(..., assign=True), or to_empty() and an initialisation)")
+                             "(from_pretrained, load_state_dict(..., assign=True), or to_empty() and an "
+                             "initialisation)")
         if z.dim() != 3:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}")
         if (self.token_specific and z.shape[1] != self.num_tokens) or z.shape[2] != self.dim or z.shape[1] < 1:
             raise ValueError(f"z must have shape (B, T={self.num_tokens}, D={self.dim}), got {tuple(z.shape)}"
                              + (" (a token-specific quantizer has one codebook per position: it is tied to T)"
                                 if self.token_specific and z.shape[2] == self.dim else ""))
-        if finite and self.check_finite and z.numel() and not all_finite(z, self.memory_budget):
+        if z.device != self.codebooks.device:
+            raise ValueError(f"z is on {z.device} but the quantizer is on {self.codebooks.device}")
+        if finite and self.check_finite and z.numel() and not all_finite(z):
             raise ValueError("z contains NaN or Inf values")
         return z
 
@@ -266,7 +241,10 @@ class SwitchableTokenQuantizer(
     def _lookup(self, groups: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """codes (B, T, D) of the codebooks' dtype for groups (B,) or (B, T) and indices (B, T); differentiable."""
         T = indices.shape[1]
-        tok = torch.arange(T, device=indices.device) if self.token_specific else torch.zeros(T, dtype=torch.long, device=indices.device)
+        if self.token_specific:
+            tok = torch.arange(T, device=indices.device)
+        else:
+            tok = torch.zeros(T, dtype=torch.long, device=indices.device)
         return self.codebooks[groups[:, None] if groups.dim() == 1 else groups, tok[None, :], indices]
 
     def lookup(self, groups: torch.Tensor, indices: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -283,13 +261,12 @@ class SwitchableTokenQuantizer(
             q = self._lookup(groups, indices)
             return F.normalize(q, dim=-1) if self.metric == "cosine" else q
         for name, t in (("groups", groups), ("indices", indices)):
-            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-                raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-            _check_not_meta(name, t)
+            check_not_meta(name, check_int_tensor(name, t))
         if indices.dim() != 2 or (self.token_specific and indices.shape[1] != self.num_tokens):
             raise ValueError(f"indices must have shape (B, T={self.num_tokens}), got {tuple(indices.shape)}")
         if groups.shape not in (indices.shape[:1], indices.shape):
-            raise ValueError(f"groups must have shape (B,) or (B, T) = {tuple(indices.shape)}, got {tuple(groups.shape)}")
+            raise ValueError(f"groups must have shape (B,) or (B, T) = {tuple(indices.shape)}, "
+                             f"got {tuple(groups.shape)}")
         for name, t, hi in (("groups", groups, self.num_groups), ("indices", indices, self.codebook_size)):
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
                 raise ValueError(f"{name} must lie in [0, {hi}), got values in [{int(t.min())}, {int(t.max())}]")
@@ -298,15 +275,18 @@ class SwitchableTokenQuantizer(
         return F.normalize(q, dim=-1) if self.metric == "cosine" else q
 
     def _select(self, z: torch.Tensor, selection: str, probs: torch.Tensor | None, need_errors: bool):
-        """Search: (groups, indices, distances, group_errors or None); no gradient."""
+        """Search: (groups, indices, distances, group_errors or None); no gradient.
+
+        z was checked by :meth:`_check_z` (and the settings by the constructor), so the kernels' trusted entry
+        points are called: the op itself still checks the values (NaN/Inf)."""
         cb = self.codebooks.detach()
-        kw = dict(metric=self.metric, backend=self.backend, memory_budget=self.memory_budget, check_finite=self.check_finite)
+        args = (self.metric, self.backend, self.memory_budget)
         if selection == "nearest":
-            r = nearest_group(z, cb, **kw)
+            r = _nearest_group(z, cb, *args, self.check_finite)
             return r.groups, r.indices, r.distances.float(), r.group_errors.float()
         groups = probs.argmax(dim=-1)
-        r = nearest_codeword(z, cb, groups, **kw)
-        errors = nearest_group(z, cb, **dict(kw, check_finite=False)).group_errors.float() if need_errors else None
+        r = _nearest_codeword(z, cb, groups, *args, self.check_finite)
+        errors = _nearest_group(z, cb, *args, False).group_errors.float() if need_errors else None
         return groups, r.indices, r.distances.float(), errors
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -355,8 +335,8 @@ class SwitchableTokenQuantizer(
             rl = router_losses(probs, errors, sync=self.training)
         else:
             rl = {"balance": zero.float(), "decision": zero.float(), "quality": zero.float()}
-        loss = (codebook_loss + self.commitment_weight * commitment_loss + self.balance_weight * rl["balance"]
-                + self.decision_weight * rl["decision"] + self.quality_weight * rl["quality"])
+        loss = (codebook_loss + self.commitment_weight * commitment_loss
+                + self._weighted_router_loss(rl["balance"], rl["decision"], rl["quality"]))
         if self.training and self.track_usage:
             self.record_usage(groups, indices)
         return QuantizerOutput(
@@ -365,6 +345,16 @@ class SwitchableTokenQuantizer(
             router_balance_loss=rl["balance"], router_decision_loss=rl["decision"], router_quality_loss=rl["quality"],
             router_probs=probs, group_errors=errors,
         )
+
+    def router_loss(self, out: QuantizerOutput) -> torch.Tensor:
+        """The router's share of ``out.loss``: balance_weight * L_ent + decision_weight * L_dec + quality_weight *
+        L_qua, a float32 scalar (0 without a router); differentiable to the router. The one place the weighted sum
+        is formed: a wrapper that builds its own loss (an adapter's shim, ``vqswitch.compat``) adds this."""
+        return self._weighted_router_loss(out.router_balance_loss, out.router_decision_loss, out.router_quality_loss)
+
+    def _weighted_router_loss(self, balance: torch.Tensor, decision: torch.Tensor,
+                              quality: torch.Tensor) -> torch.Tensor:
+        return self.balance_weight * balance + self.decision_weight * decision + self.quality_weight * quality
 
     @torch.no_grad()
     def record_usage(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
@@ -431,7 +421,7 @@ class SwitchableTokenQuantizer(
         """
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dim() != 2:
             raise TypeError(f"weight must be a (K0, D) float tensor, got {getattr(weight, 'shape', type(weight))}")
-        _check_not_meta("weight", weight)
+        check_not_meta("weight", weight)
         if weight.numel() and not all_finite(weight):
             raise ValueError("weight (the pretrained codebook) contains NaN or Inf values")
         K = weight.shape[0] if codebook_size is None else codebook_size
@@ -553,6 +543,8 @@ class SwitchableTokenQuantizer(
             f"\n## Recorded codebook utilisation\n\nmin {util.min:.3f}, max {util.max:.3f}, "
             f"mean {util.mean:.3f}, std {util.std:.3f} (fraction of each codebook's codes used in training)\n")
         meta = self._hub_mixin_info.model_card_data.to_yaml()
+        books = "one codebook per token" if self.token_specific else "one codebook shared by all tokens"
+        K, D, T = self.codebook_size, self.dim, self.num_tokens
         content = f"""---
 {meta}
 ---
@@ -560,8 +552,8 @@ class SwitchableTokenQuantizer(
 # SwitchableTokenQuantizer (vqswitch)
 
 A [Switchable Token-Specific Codebook Quantization](https://arxiv.org/abs/2510.22943) quantizer:
-M={self.num_groups} codebook groups, {"one codebook per token" if self.token_specific else "one codebook shared by all tokens"},
-K={self.codebook_size} codes of dimension D={self.dim}, for T={self.num_tokens} tokens per image, metric `{self.metric}`.
+M={self.num_groups} codebook groups, {books},
+K={K} codes of dimension D={D}, for T={T} tokens per image, metric `{self.metric}`.
 
 ## Bits
 

@@ -11,8 +11,8 @@ Architecture (:class:`Router`), from encoder features z (B, T, D) to probabiliti
     logits = W_out h / temperature,  p = softmax(logits)
 It costs D*H + T*H + H*M parameters (H = ``hidden_dim``, 256 by default), tiny next to the codebooks.
 
-Losses (:func:`router_losses`), all means over the batch (the global batch under DDP), all with respect to router parameters
-only (features and quantization errors are detached by the quantizer):
+Losses (:func:`router_losses`), all means over the batch (the global batch under DDP), all with respect to router
+parameters only (features and quantization errors are detached by the quantizer):
     L_ent = sum_i g_i log g_i,  g = mean_b p_b     balance: minimised by uniform group use over the
                                                    batch (under DDP, g is the mean over all ranks)
     L_dec = mean_b H(p_b) = -mean_b sum_i p_bi log p_bi
@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._checks import check_int, check_real
 from .distributed import global_mean, global_ratio, world_size
 
 __all__ = ["Router", "router_losses"]
@@ -42,15 +43,16 @@ class Router(nn.Module):
     Args:
         num_tokens: T; dim: D; num_groups: M (>= 2 to be useful);
         hidden_dim: H; temperature: softmax temperature (> 0).
+    Raises TypeError / ValueError naming the argument for a non-int or < 1 size, a non-real or non-positive
+    temperature.
     """
 
     def __init__(self, num_tokens: int, dim: int, num_groups: int, hidden_dim: int = 256, temperature: float = 1.0):
         super().__init__()
-        if hidden_dim < 1:
-            raise ValueError(f"router hidden_dim must be >= 1, got {hidden_dim}")
-        if not temperature > 0:
-            raise ValueError(f"router temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        for name, value in (("num_tokens", num_tokens), ("dim", dim), ("num_groups", num_groups),
+                            ("hidden_dim", hidden_dim)):
+            check_int(name, value, 1)
+        self.temperature = check_real("temperature", temperature, 0, min_open=True)
         self.proj = nn.Linear(dim, hidden_dim)
         self.position = nn.Parameter(torch.zeros(num_tokens, hidden_dim))
         nn.init.normal_(self.position, std=0.02)
