@@ -44,7 +44,6 @@ given a non-default value (:data:`UNSUPPORTED`); unknown ones raise ``TypeError`
 from __future__ import annotations
 
 import math
-import random
 from collections import namedtuple
 
 import torch
@@ -52,10 +51,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import bits as _bits
-from .codes import Codes
-from .distributed import world_size
-from .quantizer import QuantizerOutput, SwitchableTokenQuantizer
+from vqswitch import bits as _bits
+from vqswitch._checks import check_bool, check_int, check_int_tensor, check_real
+from vqswitch.codebooks import reduce_codebook
+from vqswitch.codes import Codes
+from vqswitch.distributed import world_size
+from vqswitch.quantizer import QuantizerOutput, SwitchableTokenQuantizer
 
 __all__ = ["VectorQuantize", "LossBreakdown", "UNSUPPORTED", "UNSUPPORTED_FORWARD"]
 
@@ -120,20 +121,6 @@ def _refuse(given: dict, table: dict, where: str) -> None:
                          f"remove them or keep upstream's defaults")
 
 
-def _check_number(name: str, value, lo: float, hi: float | None = None, *, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}], got {value}")
-    return float(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def _rotate_to(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The rotation trick (arXiv 2410.06424): forward value q; backward, the rotation R that takes x's
     direction to q's, times |q|/|x| (R and the scale are constants). Shapes (..., d), same dtype."""
@@ -192,25 +179,22 @@ class VectorQuantize(nn.Module):
         if num_tokens is not None:
             ints["num_tokens"] = num_tokens
         for name, v in ints.items():
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-            if v < (0 if name == "kmeans_iters" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'kmeans_iters' else 1}, got {v}")
+            check_int(name, v, 0 if name == "kmeans_iters" else 1)
         flags = dict(separate_codebook_per_head=separate_codebook_per_head, freeze_codebook=freeze_codebook,
                      kmeans_init=kmeans_init, use_cosine_sim=use_cosine_sim,
                      layernorm_after_project_in=layernorm_after_project_in, channel_last=channel_last,
                      accept_image_fmap=accept_image_fmap, accept_3d_fmap=accept_3d_fmap,
                      route_gradients_to_input=route_gradients_to_input, token_specific=token_specific)
         for name, v in flags.items():
-            _check_bool(name, v)
+            check_bool(name, v)
         for name, v in (("rotation_trick", rotation_trick), ("sync_codebook", sync_codebook),
                         ("ema_update", ema_update), ("learnable_codebook", learnable_codebook)):
             if v is not None:
-                _check_bool(name, v)
-        self.decay = _check_number("decay", decay, 0.0, 1.0)
-        self.eps = _check_number("eps", eps, 0.0, lo_open=True)
-        self.threshold_ema_dead_code = _check_number("threshold_ema_dead_code", threshold_ema_dead_code, 0.0)
-        self.commitment_weight = _check_number("commitment_weight", commitment_weight, 0.0)
+                check_bool(name, v)
+        self.decay = check_real("decay", decay, 0.0, 1.0)
+        self.eps = check_real("eps", eps, 0.0, min_open=True)
+        self.threshold_ema_dead_code = check_real("threshold_ema_dead_code", threshold_ema_dead_code, 0.0)
+        self.commitment_weight = check_real("commitment_weight", commitment_weight, 0.0)
         if accept_image_fmap and accept_3d_fmap:
             raise ValueError("accept_image_fmap and accept_3d_fmap cannot both be True")
         ema_update = True if ema_update is None else ema_update
@@ -330,7 +314,8 @@ class VectorQuantize(nn.Module):
             raise ValueError(f"x must have shape (B, N, dim) or (B, dim), got {tuple(x.shape)}")
         if not self.channel_last:
             if x.shape[1] != self.dim:
-                raise ValueError(f"x must have shape (B, dim={self.dim}, N) with channel_last=False, got {tuple(x.shape)}")
+                raise ValueError(f"x must have shape (B, dim={self.dim}, N) with channel_last=False, "
+                                 f"got {tuple(x.shape)}")
             return x.transpose(1, 2), None
         if x.shape[2] != self.dim:
             raise ValueError(f"x must have shape (B, N, dim={self.dim}), got {tuple(x.shape)}")
@@ -381,8 +366,8 @@ class VectorQuantize(nn.Module):
         ``indices``, ``mask``, ``lens``, ``topk``, ...).
         """
         _refuse(unsupported, UNSUPPORTED_FORWARD, "VectorQuantize.forward()")
-        freeze = self.freeze_codebook if freeze_codebook is None else _check_bool("freeze_codebook", freeze_codebook)
-        ema = self.ema_update if ema_update is None else _check_bool("ema_update", ema_update)
+        freeze = self.freeze_codebook if freeze_codebook is None else check_bool("freeze_codebook", freeze_codebook)
+        ema = self.ema_update if ema_update is None else check_bool("ema_update", ema_update)
         tokens, spatial = self._to_tokens(x)
         B, N = tokens.shape[:2]
         self._check_tokens(N)
@@ -409,10 +394,8 @@ class VectorQuantize(nn.Module):
                 # value cw * mse(q, x); gradient to both x and the codes, as upstream's learnable codebook
                 commit = commit + (out.codebook_loss - out.codebook_loss.detach())
             loss = self.commitment_weight * commit
-            qz = self.quantizer
-            if qz.router is not None:
-                loss = loss + (qz.balance_weight * out.router_balance_loss + qz.decision_weight * out.router_decision_loss
-                               + qz.quality_weight * out.router_quality_loss)
+            if self.quantizer.router is not None:
+                loss = loss + self.quantizer.router_loss(out)
             if not freeze and zc.shape[0]:
                 self._update_codebook(zc.detach(), out.groups, out.indices, ema)
         else:
@@ -450,7 +433,8 @@ class VectorQuantize(nn.Module):
         q = self.quantizer
         M, Tp, K, d = q.codebooks.shape
         T = zc.shape[1]
-        tok = torch.arange(T, device=zc.device) if q.token_specific else torch.zeros(T, dtype=torch.long, device=zc.device)
+        tok = torch.arange(T, device=zc.device) if q.token_specific else torch.zeros(T, dtype=torch.long,
+                                                                                      device=zc.device)
         slot = ((groups[:, None] * Tp + tok[None, :]) * K + indices).reshape(-1)
         counts = torch.bincount(slot, minlength=M * Tp * K).float().view(M, Tp, K)
         total = None
@@ -544,8 +528,8 @@ class VectorQuantize(nn.Module):
             codes = self.quantizer.encode(self._core_z(z.float()))
         if not self.folded:
             return codes
-        return Codes(torch.zeros(B, dtype=torch.long, device=codes.indices.device), codes.indices.reshape(B, N * self.heads),
-                     self.codebook_size, 1)
+        return Codes(torch.zeros(B, dtype=torch.long, device=codes.indices.device),
+                     codes.indices.reshape(B, N * self.heads), self.codebook_size, 1)
 
     def decode(self, codes: Codes, *, fmap_size: tuple[int, ...] | None = None) -> torch.Tensor:
         """:class:`~vqswitch.Codes` -> quantized output in forward's layout (after ``project_out``), equal to
@@ -577,8 +561,7 @@ class VectorQuantize(nn.Module):
         return self._output_from(groups, idx, spatial, spatial_given=True)
 
     def _split_ids(self, ids):
-        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"indices must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+        check_int_tensor("indices", ids)
         lead = ids.dim() - (1 if self.heads > 1 else 0)
         if self.heads > 1 and (ids.dim() < 2 or ids.shape[-1] != self.heads):
             raise ValueError(f"indices must end in a heads axis of {self.heads}, got shape {tuple(ids.shape)}")
@@ -686,7 +669,8 @@ class VectorQuantize(nn.Module):
             channel_last=bool(vq.channel_last), accept_image_fmap=bool(vq.accept_image_fmap),
             accept_3d_fmap=bool(getattr(vq, "accept_3d_fmap", False)), commitment_weight=float(vq.commitment_weight),
             rotation_trick=bool(vq.rotation_trick), ema_update=bool(cb.ema_update),
-            learnable_codebook=bool(vq.learnable_codebook), route_gradients_to_input=bool(getattr(vq, "route_gradients_to_input", True)),
+            learnable_codebook=bool(vq.learnable_codebook),
+            route_gradients_to_input=bool(getattr(vq, "route_gradients_to_input", True)),
         )
 
     @torch.no_grad()
@@ -702,8 +686,6 @@ class VectorQuantize(nn.Module):
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        from .codebooks import reduce_codebook
-
         heads_books = self.heads if self.separate_codebook_per_head and self.heads > 1 else 1
         K, d = self.codebook_size, self.codebook_dim
         want = {"_codebook.embed": (heads_books, K, d), "_codebook.cluster_size": (heads_books, K),
@@ -715,7 +697,8 @@ class VectorQuantize(nn.Module):
         missing = sorted(set(want) - set(state_dict))
         unexpected = sorted(k for k in set(state_dict) - set(want) - ignorable)
         if missing or unexpected:
-            raise ValueError(f"state_dict does not match this module's settings: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"state_dict does not match this module's settings: missing {missing}, "
+                             f"unexpected {unexpected}")
         wrong = [f"{k}: expected {want[k]}, got {tuple(state_dict[k].shape)}" for k in want
                  if tuple(state_dict[k].shape) != want[k]]
         if wrong:
@@ -726,7 +709,8 @@ class VectorQuantize(nn.Module):
         # which upstream codebook (head) each of the core's T' codebooks copies
         head_of = torch.arange(Tp) % heads_books if Tp > 1 else torch.zeros(1, dtype=torch.long)
         embed = state_dict["_codebook.embed"].detach().float().cpu()
-        books = torch.stack([reduce_codebook(embed[h], K, M, seed=seed) for h in range(heads_books)], dim=1)  # (M, H', K, d)
+        books = torch.stack([reduce_codebook(embed[h], K, M, seed=seed) for h in range(heads_books)],
+                            dim=1)  # (M, H', K, d)
         q.codebooks.copy_(books[:, head_of].to(q.codebooks))
         cs = state_dict["_codebook.cluster_size"].detach().float().cpu()
         avg = state_dict["_codebook.embed_avg"].detach().float().cpu()
