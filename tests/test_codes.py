@@ -264,7 +264,8 @@ def test_constructor_converts_to_int64():
         (torch.tensor([0]), torch.tensor([[1]]), 4.0, 2, TypeError, "codebook_size"),
         (torch.tensor([2]), torch.tensor([[1]]), 4, 2, ValueError, r"groups must lie in \[0, num_groups=2\), got 2"),
         (torch.tensor([-1]), torch.tensor([[1]]), 4, 2, ValueError, r"groups must lie in .*got -1"),
-        (torch.tensor([0]), torch.tensor([[4]]), 4, 2, ValueError, r"indices must lie in \[0, codebook_size=4\), got 4"),
+        (torch.tensor([0]), torch.tensor([[4]]), 4, 2, ValueError,
+         r"indices must lie in \[0, codebook_size=4\), got 4"),
         (torch.tensor([0]), torch.tensor([[-3]]), 4, 2, ValueError, r"indices must lie in .*got -3"),
     ],
 )

@@ -58,12 +58,12 @@ def test_eval_indices_and_outputs_match_upstream(name):
     up, ours = _pair(SETTINGS[name])
     up.eval(), ours.eval()
     x = _input(SETTINGS[name], B=6)
-    q_up, i_up, l_up = up(x)
-    q, i, l = ours(x)
+    q_up, i_up, loss_up = up(x)
+    q, i, loss = ours(x)
     assert i.shape == i_up.shape and i.dtype == i_up.dtype and q.shape == q_up.shape
     assert torch.equal(i, i_up)
     torch.testing.assert_close(q, q_up, atol=1e-6, rtol=0)
-    assert float(l) == float(l_up) == 0.0
+    assert float(loss) == float(loss_up) == 0.0
 
 
 @settings(max_examples=15, deadline=None)
@@ -107,14 +107,14 @@ def test_training_matches_upstream_over_steps(name):
     for _ in range(4):
         x1 = _input(kw, generator=gen).requires_grad_()
         x2 = x1.detach().clone().requires_grad_()
-        q_up, i_up, l_up = up(x1)
-        q, i, l = ours(x2)
+        q_up, i_up, loss_up = up(x1)
+        q, i, loss = ours(x2)
         assert torch.equal(i, i_up)
-        (q_up.square().sum() + l_up).backward()
-        (q.square().sum() + l).backward()
+        (q_up.square().sum() + loss_up).backward()
+        (q.square().sum() + loss).backward()
         worst["q"] = max(worst["q"], (q - q_up).abs().max().item())
         worst["grad"] = max(worst["grad"], (x1.grad - x2.grad).abs().max().item())
-        worst["loss"] = max(worst["loss"], abs(l.item() - l_up.item()))
+        worst["loss"] = max(worst["loss"], abs(loss.item() - loss_up.item()))
         if kw.get("learnable_codebook"):
             g_up, g = up._codebook.embed.grad, ours.quantizer.codebooks.grad[0]
             torch.testing.assert_close(g, g_up, atol=1e-6, rtol=1e-5)
@@ -287,7 +287,8 @@ def test_decode_checks_its_codes():
     with pytest.raises(TypeError, match="Codes"):
         vq.decode(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="K, M"):
-        vq.decode(Codes(torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), codebook_size=32, num_groups=1))
+        vq.decode(Codes(torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), codebook_size=32,
+                        num_groups=1))
     with pytest.raises(ValueError, match="flat ids"):
         vq.get_output_from_indices(torch.full((1, 3), 16))
     with pytest.raises(ValueError, match="num_tokens"):
@@ -303,7 +304,8 @@ from vector_quantize_pytorch import VectorQuantize
 class AutoEncoder(nn.Module):
     def __init__(self):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(3, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3, padding=1))
+        self.encoder = nn.Sequential(nn.Conv2d(3, 32, 4, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(32, 8, 3, padding=1))
         self.vq = VectorQuantize(dim=8, codebook_size=32, decay=0.8, commitment_weight=0.25, accept_image_fmap=True)
         self.decoder = nn.Sequential(nn.ConvTranspose2d(8, 32, 4, stride=2, padding=1), nn.ReLU(),
                                      nn.Conv2d(32, 3, 3, padding=1))

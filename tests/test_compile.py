@@ -44,7 +44,8 @@ def test_search_ops_compile_fullgraph(metric):
     assert explain.graph_break_count == 0 and explain.graph_count == 1
 
 
-@pytest.mark.parametrize("kw", [dict(num_groups=1), dict(num_groups=3), dict(num_groups=3, metric="cosine", train_selection="nearest")])
+@pytest.mark.parametrize("kw", [dict(num_groups=1), dict(num_groups=3),
+                                dict(num_groups=3, metric="cosine", train_selection="nearest")])
 @pytest.mark.parametrize("training", [True, False])
 def test_model_with_quantizer_compiles_fullgraph(kw, training):
     torch.manual_seed(0)

@@ -98,6 +98,6 @@ def test_random_bytes_are_bounded():
             blob = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
             for head in (b"VQSC\x01", b"VQSF\x01"):
                 data = head + blob
-                _within_bounds(lambda: Codes.from_bytes(data), len(data), 8)
-                _within_bounds(lambda: container.parse(data), len(data), 8)
+                _within_bounds(lambda data=data: Codes.from_bytes(data), len(data), 8)
+                _within_bounds(lambda data=data: container.parse(data), len(data), 8)
     assert torch.equal(Codes.from_bytes(Codes([0], [[1]], 2, 1).to_bytes()).indices, torch.tensor([[1]]))

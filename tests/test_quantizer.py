@@ -166,7 +166,8 @@ def test_from_codebook_copies_or_reduces():
 
 def test_to_token_specific_keeps_every_output():
     torch.manual_seed(0)
-    q = SwitchableTokenQuantizer(num_tokens=5, codebook_size=16, dim=4, num_groups=3, token_specific=False, router_hidden_dim=8)
+    q = SwitchableTokenQuantizer(num_tokens=5, codebook_size=16, dim=4, num_groups=3, token_specific=False,
+                                 router_hidden_dim=8)
     z = torch.randn(8, 5, 4)
     q.train()
     q(z)  # record some usage

@@ -67,7 +67,7 @@ def test_router_losses_reach_the_quantizer_loss_and_train_it():
     z = torch.randn(64, 4, 3)
     opt = torch.optim.Adam(q.router.parameters(), lr=1e-2)
     agree0 = None
-    for step in range(60):
+    for _ in range(60):
         out = q(z)
         nearest = out.group_errors.argmin(-1)
         agree = (out.groups == nearest).float().mean().item()
