@@ -369,7 +369,7 @@ def measure_roofline(device: str, threads: int) -> dict:
     src = torch.empty(nbytes // 4, device=dev).fill_(1.0)
     dst = torch.empty_like(src).fill_(0.0)
     bw = 2 * nbytes / best(lambda: dst.copy_(src))
-    del src, dst
+    src = dst = None  # free the two buffers (a del would leave the lambda's names undefined)
     n = 8192 if cuda else 4096
     old = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -657,7 +657,8 @@ def targets(rows: list, machine: dict, budget_mib: float) -> list:
                for r in by.values() if r["method"] in (TRITON, TRITON + NEAREST) and r["B"] >= 16],
               gpu_na, lambda v: v > 1.5),
         check(f"CPU: vqswitch-torch >= 3x {VQP} at TiTok-S shapes (M > 1: {VQP_GROUPS}, the same task)",
-              ratios(TORCH, VQP, lambda r: titok_s(r) and r["shape_spec"]["M"] == 1) + ratios(TORCH, VQP_GROUPS, titok_s),
+              ratios(TORCH, VQP, lambda r: titok_s(r) and r["shape_spec"]["M"] == 1)
+              + ratios(TORCH, VQP_GROUPS, titok_s),
               cpu_na or (None if machine["vector_quantize_pytorch"] else f"{VQP} not installed"), lambda v: v < 3),
         check("CPU: vqswitch-torch no slower than faiss at TiTok-S shapes (faiss-flat-per-token)",
               ratios(TORCH, FAISS_LOOP, titok_s), cpu_na or (None if machine["faiss"] else "faiss not installed"),
@@ -765,7 +766,8 @@ def main() -> None:
     if not machine["triton_backend"]:
         notes.append(f"vqswitch-triton rows skipped: {machine['triton_backend_error']}")
     if not machine["faiss"]:
-        notes.append(f"faiss rows skipped: faiss is not importable ({machine.get('faiss_error')}); pip install faiss-cpu")
+        notes.append(f"faiss rows skipped: faiss is not importable ({machine.get('faiss_error')}); "
+                     "pip install faiss-cpu")
     else:
         notes.append(f"faiss {machine['faiss']} (faiss-cpu): its rows run on the host CPU")
     if not machine["vector_quantize_pytorch"]:
@@ -796,7 +798,8 @@ def main() -> None:
         for _ in range(args.retries):  # other processes took > 10% of the CPUs: run it again
             if (res.get("contention") or 0) <= 0.1:
                 break
-            print(f"(busy machine: {100 * res['contention']:.0f}% of CPUs used by others, rerunning)", end=" ", flush=True)
+            print(f"(busy machine: {100 * res['contention']:.0f}% of CPUs used by others, rerunning)", end=" ",
+                  flush=True)
             res = min(res, run_worker(spec, args.row_timeout, isolation),
                       key=lambda r: 2.0 if "error" in r else (r.get("contention") or 0))
         print("failed" if "error" in res else f"{res['median_ms']:.3f} ms", flush=True)

@@ -232,7 +232,8 @@ def measure(spec: dict) -> dict:
     other = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
     contention = max(0.0, other / (sum(times) * (os.cpu_count() or 1)))
     return dict(median_ms=1e3 * statistics.median(times), times_ms=[1e3 * t for t in times], peak_mib=peak,
-                baseline_slack_mib=slack, contention=contention, agreement_pct=[100.0 * (o == e).double().mean().item() for o, e in pairs])
+                baseline_slack_mib=slack, contention=contention,
+                agreement_pct=[100.0 * (o == e).double().mean().item() for o, e in pairs])
 
 
 # ----------------------------------------------------------------------------- parent side

@@ -118,13 +118,15 @@ def main() -> None:
     rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=root, capture_output=True, text=True)
     if rev.returncode:
         sys.exit(f"unknown revision {args.base!r}: {rev.stderr.strip()}")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "kernels"], cwd=root, capture_output=True, text=True).stdout
     base = load_base(args.base, root)
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; base {rev.stdout.strip()} vs this checkout "
           f"({head}{', kernels/ modified' if dirty else ''}); best of {args.rounds} interleaved medians", flush=True)
-    print(f"{'task':8} {'B':>4} {'T':>4} {'D':>4} {'K':>5} {'M':>4} {'base ms':>9} {'this ms':>9} {'speed-up':>9}  same idx")
+    print(f"{'task':8} {'B':>4} {'T':>4} {'D':>4} {'K':>5} {'M':>4} {'base ms':>9} {'this ms':>9} {'speed-up':>9}  "
+          "same idx")
     rows = []
     for case in CASES:
         r = run_case(case, base, args.rounds)
