@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vqswitch._checks import is_repo_id
+from vqswitch._checks import check_path, is_repo_id
 
 __all__ = ["resolve_file", "optional_file", "hub_repo_id", "read_state_dict", "load_state_dict_strict",
            "safetensors_shapes", "check_quantizer_fits"]
@@ -48,13 +48,11 @@ def resolve_file(repo_id_or_path, filename: str | None = None, *, revision: str 
     Raises:
         TypeError: repo_id_or_path is not a str or os.PathLike.
         FileNotFoundError: a local file or folder entry that does not exist.
-        ValueError: a folder or repo id without ``filename``.
+        ValueError: a folder or repo id without ``filename``; an empty string.
         OSError (from huggingface_hub): a repository or file that cannot be downloaded or is not cached
             when offline.
     """
-    if not isinstance(repo_id_or_path, (str, os.PathLike)):
-        raise TypeError(f"repo_id_or_path must be a str or a path, got {type(repo_id_or_path).__name__}")
-    path = Path(repo_id_or_path)
+    path = check_path("repo_id_or_path", repo_id_or_path)
     if path.is_file():
         return path
     if path.is_dir():

@@ -198,8 +198,7 @@ class QuantizerShim(nn.Module):
         q = self.quantizer
         if q.router is None:
             return loss
-        return loss + (q.balance_weight * out.router_balance_loss + q.decision_weight * out.router_decision_loss
-                       + q.quality_weight * out.router_quality_loss)
+        return loss + q.router_loss(out)
 
     def extra_repr(self) -> str:
         return f"adapter={self.adapter_name!r}, flat ids in [0, {self.vocab_size})"

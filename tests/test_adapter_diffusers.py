@@ -205,7 +205,8 @@ def test_save_load_swapped_round_trip(small, tmp_path):
     s = trained_groups(small)
     assert int(swapped_quantizer(s).usage.sum()) > 0
     save_swapped(s, tmp_path / "run")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "entropy_model.safetensors", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "entropy_model.safetensors",
+                                                                    "model.safetensors"]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["adapter"] == "diffusers-vqmodel" and cfg["quantizer"]["num_groups"] == 4
     r = load_swapped(tmp_path / "run")

@@ -107,7 +107,8 @@ def test_router_training_through_return_loss(base):
 
 # ---------------------------------------------------------------- persistence and loading
 def test_save_load_swapped(base, tmp_path, offline_cache):
-    check_swapped_round_trip(grouped(base), IO["images"], tmp_path / "run", offline_cache, "org/maskgit-swapped", MaskGitVQGAN)
+    check_swapped_round_trip(grouped(base), IO["images"], tmp_path / "run", offline_cache, "org/maskgit-swapped",
+                             MaskGitVQGAN)
 
 
 def test_save_swapped_writes_the_entropy_model(base, tmp_path):

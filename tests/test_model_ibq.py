@@ -76,7 +76,8 @@ def test_manifest_keys_and_shapes(name):
 def test_manifest_extra_keys_are_dropped():
     manifest = json.loads((UPSTREAM / "manifests" / "ibq_1024.json").read_text())
     extra = manifest["real_checkpoint_extra_keys"]
-    names = [k["name"] for k in extra["loss_discriminator"]] + [k["name"] for k in extra.get("model_ema_loss_discriminator", [])]
+    names = [k["name"] for k in extra["loss_discriminator"]]
+    names += [k["name"] for k in extra.get("model_ema_loss_discriminator", [])]
     assert names and all(n.startswith(("loss.", "model_ema.loss")) for n in names)
     model = IBQ(**TINY)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -329,7 +330,8 @@ def test_quantizer_matches_formulas(seed, b, h, w, n, d, beta, entropy):
     q = IBQQuantizer(n, d, beta, entropy, entropy_temperature=0.05, sample_minimization_weight=0.7,
                      batch_maximization_weight=1.3).double()
     with torch.no_grad():
-        q.embedding.weight.copy_(torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64) * 2)
+        q.embedding.weight.copy_(torch.randn(n, d, generator=g, dtype=torch.float64)
+                                 * torch.rand(n, 1, generator=g, dtype=torch.float64) * 2)
     z = torch.randn(b, d, h, w, generator=g, dtype=torch.float64)
     W = q.embedding.weight.detach()
     tokens = z.permute(0, 2, 3, 1).reshape(-1, d)
@@ -432,4 +434,5 @@ def test_resnet_block_shortcut_takes_the_block_input():
         h = block.conv1(act(torch.nn.functional.group_norm(x, 32, block.norm1.weight, block.norm1.bias, 1e-6)))
         h = block.conv2(act(torch.nn.functional.group_norm(h, 32, block.norm2.weight, block.norm2.bias, 1e-6)))
         torch.testing.assert_close(block(x), block.nin_shortcut(x) + h)
-    assert [k for k in block.state_dict() if k.startswith("nin_shortcut")] == ["nin_shortcut.weight", "nin_shortcut.bias"]
+    shortcut = [k for k in block.state_dict() if k.startswith("nin_shortcut")]
+    assert shortcut == ["nin_shortcut.weight", "nin_shortcut.bias"]

@@ -198,7 +198,8 @@ def test_maskgit_decoder_reproduces_titok_legacy_pixel_decoder():
                          cfg["num_channels"], cfg["dropout"]).eval()
     mg.load_state_dict_strict(dec, {k[len("pixel_decoder."):]: v for k, v in weights.items()
                                     if k.startswith("pixel_decoder.")})
-    soft = torch.einsum("nchw,cd->ndhw", io["decoder_logits"].softmax(dim=1), weights["pixel_quantize.embedding.weight"])
+    soft = torch.einsum("nchw,cd->ndhw", io["decoder_logits"].softmax(dim=1),
+                        weights["pixel_quantize.embedding.weight"])
     with torch.no_grad():
         close(dec(soft), io["reconstruction"])
 

@@ -60,7 +60,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqswitch._checks import check_bool, check_float_tensor, check_images, check_int, check_int_tensor, check_real
+from vqswitch._checks import (check_bool, check_float_tensor, check_images, check_int, check_int_list, check_int_tensor,
+                              check_path, check_real)
 from vqswitch._io import read_json_object
 
 from ..checkpoints import load_state_dict_strict, optional_file, read_state_dict, resolve_file
@@ -493,12 +494,7 @@ class TiTok(nn.Module):
             raise ValueError(f"pixel_decoder_config has unknown key(s) {sorted(unknown)}; "
                              f"known: {sorted(UPSTREAM_PIXEL_DECODER_CONFIG)}")
         cfg = {**copy.deepcopy(UPSTREAM_PIXEL_DECODER_CONFIG), **copy.deepcopy(dict(value))}
-        if isinstance(cfg["channel_mult"], (str, bytes)) or not hasattr(cfg["channel_mult"], "__len__") \
-                or len(cfg["channel_mult"]) == 0:
-            raise ValueError(f"pixel_decoder_config['channel_mult'] must be a non-empty list, "
-                             f"got {cfg['channel_mult']!r}")
-        cfg["channel_mult"] = [check_int("pixel_decoder_config['channel_mult'] entry", m, 1)
-                               for m in cfg["channel_mult"]]
+        cfg["channel_mult"] = check_int_list("pixel_decoder_config['channel_mult']", cfg["channel_mult"], 1)
         if "num_resolutions" not in value:
             cfg["num_resolutions"] = len(cfg["channel_mult"])
         for key in ("num_resolutions", "hidden_channels", "num_channels", "num_res_blocks", "resolution", "z_channels"):
@@ -741,10 +737,8 @@ def load_pretrained(repo_id_or_path, *, revision: str | None = None, cache_dir=N
         config; TypeError / ValueError for a bad config; FileNotFoundError / huggingface_hub errors
         for files that cannot be found.
     """
-    if not isinstance(repo_id_or_path, (str, os.PathLike)):
-        raise TypeError(f"repo_id_or_path must be a str or a path, got {type(repo_id_or_path).__name__}")
+    path = check_path("repo_id_or_path", repo_id_or_path)
     hub = dict(revision=revision, cache_dir=cache_dir)
-    path = Path(repo_id_or_path)
     if path.is_file():
         weights = path
         if config is None:
