@@ -193,8 +193,9 @@ class QuantizerShim(nn.Module):
         return out, codes.to(z.dtype)
 
     def add_router_loss(self, loss: torch.Tensor, out: QuantizerOutput) -> torch.Tensor:
-        """``loss`` (upstream's quantizer loss) plus the quantizer's weighted router losses of ``out``, or ``loss``
-        itself when the quantizer has no router (M = 1). Every shim's loss goes through here."""
+        """``loss`` (upstream's quantizer loss) plus the quantizer's weighted router losses of ``out``
+        (:meth:`~vqswitch.SwitchableTokenQuantizer.router_loss`), or ``loss`` itself when the quantizer has no
+        router (M = 1). Every shim's loss goes through here."""
         q = self.quantizer
         if q.router is None:
             return loss
