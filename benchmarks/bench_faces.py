@@ -618,19 +618,9 @@ def write_outputs(result: dict, grids: dict, test_set: FaceSet, out: Path) -> No
     write_grid(grids, test_set, out, result["rows"])
 
 
-def _int_list(text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"must be ints >= 1, got {text!r}")
-    return values
-
-
 def main(argv=None) -> int:
     """Command line (see the module docstring) -> exit code: 0 done, 1 failed, 2 bad arguments."""
-    from vqswitch.cli._common import parse_args, seed_arg
+    from vqswitch.cli._common import int_list_arg, parse_args, seed_arg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="face folder, one sub-folder per identity (training + test)")
@@ -642,9 +632,9 @@ def main(argv=None) -> int:
                    "tokenizer from --model (default: examples/vqvae_cifar.py:build)")
     p.add_argument("--quick", action="store_true", help="smoke run (under 3 minutes); numbers mean nothing")
     p.add_argument("--seed", type=seed_arg, default=0, help="random seed, int >= 0 (default: %(default)s)")
-    p.add_argument("--baseline-k", type=_int_list, default=None, help="K of the baselines (default 16,32,64,128)")
-    p.add_argument("--stscq-m", type=_int_list, default=None, help="M of STSCQ (default 1,4,16)")
-    p.add_argument("--stscq-k", type=_int_list, default=None, help="K of STSCQ (default 16,32,64)")
+    p.add_argument("--baseline-k", type=int_list_arg(), default=None, help="K of the baselines (default 16,32,64,128)")
+    p.add_argument("--stscq-m", type=int_list_arg(), default=None, help="M of STSCQ (default 1,4,16)")
+    p.add_argument("--stscq-k", type=int_list_arg(), default=None, help="K of STSCQ (default 16,32,64)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     args = parse_args(p, argv)
     if isinstance(args, int):

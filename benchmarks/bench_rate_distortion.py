@@ -391,19 +391,9 @@ def write_plot(result: dict, path) -> Path | None:
     return path
 
 
-def _int_list(text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
-    return values
-
-
 def main(argv=None) -> int:
     """Command line (see the module docstring) -> exit code: 0 done, 2 bad arguments."""
-    from vqswitch.cli._common import parse_args, seed_arg
+    from vqswitch.cli._common import int_list_arg, parse_args, seed_arg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers are not meaningful")
@@ -412,10 +402,11 @@ def main(argv=None) -> int:
                    "or rate_distortion_quick.json with --quick)")
     p.add_argument("--plot", default=None, help="PNG path (default: beside the JSON, .png); needs matplotlib")
     p.add_argument("--no-plot", action="store_true", help="do not draw the plot")
-    p.add_argument("--baseline-k", type=_int_list, default=None, help="K of the baselines, e.g. 16,32,64,128")
-    p.add_argument("--stscq-m", type=_int_list, default=None, help="M of token-specific STSCQ, e.g. 1,4,16")
-    p.add_argument("--stscq-k", type=_int_list, default=None, help="K of STSCQ, e.g. 16,32,64")
-    p.add_argument("--shared-m", type=_int_list, default=None,
+    ints = int_list_arg(empty=True)
+    p.add_argument("--baseline-k", type=ints, default=None, help="K of the baselines, e.g. 16,32,64,128")
+    p.add_argument("--stscq-m", type=ints, default=None, help="M of token-specific STSCQ, e.g. 1,4,16")
+    p.add_argument("--stscq-k", type=ints, default=None, help="K of STSCQ, e.g. 16,32,64")
+    p.add_argument("--shared-m", type=ints, default=None,
                    help="M of switchable-only rows (token-shared codebooks), e.g. 4 (default: none)")
     p.add_argument("--baseline-stage1", choices=BASELINE_STAGE1, default=None,
                    help="stage-1 steps of rows without stage 2: matched = stage1+stage2 (default), same = stage1")

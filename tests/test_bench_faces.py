@@ -114,7 +114,8 @@ def test_builder_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot import module 'no_such_module_here'"):
         load_builder("no_such_module_here:build")
     f = tmp_path / "m.py"
-    f.write_text("import torch\nx = 1\ndef not_a_model():\n    return 3\ndef unknown():\n    return torch.nn.Linear(2, 2)\n")
+    f.write_text("import torch\nx = 1\ndef not_a_model():\n    return 3\n"
+                 "def unknown():\n    return torch.nn.Linear(2, 2)\n")
     with pytest.raises(ValueError, match="no function 'build'"):
         load_builder(f"{f}:build")
     with pytest.raises(TypeError, match="returned int, not a torch.nn.Module"):

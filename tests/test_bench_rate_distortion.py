@@ -1,5 +1,6 @@
 """benchmarks/bench_rate_distortion.py: a quick run in-process, its JSON, its bit accounting and its verdict
-(recomputed here independently with numpy)."""
+(recomputed here independently with numpy). The tests of the quick run are slow (it trains); the verdict's and the
+settings' tests are fast."""
 from __future__ import annotations
 
 import contextlib
@@ -53,6 +54,7 @@ def _quick_tokens() -> int:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+@pytest.mark.slow
 def test_json_structure_and_settings(quick):
     result, _, _ = quick
     for key in ("benchmark", "config", "seed", "quick", "machine", "upstream", "unquantized", "rows", "repeats",
@@ -75,6 +77,7 @@ def test_json_structure_and_settings(quick):
     assert math.isfinite(ceiling["psnr"]) and -1.0 <= ceiling["ssim"] <= 1.0
 
 
+@pytest.mark.slow
 def test_bits_formula_and_values_per_row(quick):
     result, _, _ = quick
     T, size = _quick_tokens(), rd.QUICK.tokenizer.image_size
@@ -95,6 +98,7 @@ def test_bits_formula_and_values_per_row(quick):
         assert r["encoder_unchanged"] is True  # the encoder stayed frozen for every setting
 
 
+@pytest.mark.slow
 def test_stages_and_matched_steps(quick):
     result, _, _ = quick
     c = rd.QUICK.tokenizer
@@ -128,6 +132,7 @@ def _reference_verdict(rows):
     return out
 
 
+@pytest.mark.slow
 def test_verdict_consistent_with_rows(quick):
     result, stdout, _ = quick
     verdict = result["verdict"]
@@ -168,6 +173,7 @@ def test_verdict_consistent_with_rows(quick):
     assert "Verdict" in stdout and "baseline K=" in stdout
 
 
+@pytest.mark.slow
 def test_ablation_compares_switching_with_token_specific_alone(quick):
     result, _, _ = quick
     rows = {r["label"]: r for r in result["rows"]}
@@ -181,6 +187,7 @@ def test_ablation_compares_switching_with_token_specific_alone(quick):
         assert a["extra_bits"] == math.ceil(math.log2(r["num_groups"]))
 
 
+@pytest.mark.slow
 def test_plot_written_only_with_matplotlib(quick):
     _, stdout, plot_path = quick
     if importlib.util.find_spec("matplotlib") is None:

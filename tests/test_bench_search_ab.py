@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_search_ab", os.path.join(ROOT, "benchmarks", "bench_search_ab.py"))
+    spec = importlib.util.spec_from_file_location("bench_search_ab",
+                                                  os.path.join(ROOT, "benchmarks", "bench_search_ab.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

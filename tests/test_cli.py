@@ -240,6 +240,7 @@ def test_info_from_offline_hub_cache(tmp_path, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- the installed console script
+@pytest.mark.slow
 def test_console_script_subprocess():
     exe = shutil.which("vqswitch")
     if exe is None:
@@ -250,3 +251,35 @@ def test_console_script_subprocess():
     assert "1284" in r.stdout and "0.0196" in r.stdout
     r = subprocess.run([exe, "info", str(Path("/nonexistent") / "ckpt")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("vqswitch: error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_python_m_vqswitch_cli():
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vqswitch.cli", "bits", "--tokens", "32", "--codebook-size", "256",
+                        "--groups", "256"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "264" in r.stdout
+
+
+# ---------------------------------------------------------------- the package's contract
+def test_every_command_module_registers_its_subcommands():
+    """Each command module's add_parser registers its subcommand(s) with func = its own run; push is one of them
+    (no special case in main)."""
+    import argparse
+
+    import vqswitch.cli as cli
+
+    names = set()
+    for module in cli.COMMANDS:
+        sub = argparse.ArgumentParser().add_subparsers(dest="command")
+        module.add_parser(sub)
+        assert sub.choices, module.__name__
+        for name, parser in sub.choices.items():
+            func = parser.get_default("func")
+            assert func is not None and func.__module__ == module.__name__, (module.__name__, name)
+            names.add(name)
+    assert names == {"bits", "info", "new", "finetune", "eval", "demo", "compress", "decompress", "push"}
+    args = cli.build_parser().parse_args(["push", "RUN", "--dry-run", "OUT"])
+    assert args.func is cli.push.run and args.run_dir == "RUN" and args.dry_run == "OUT"

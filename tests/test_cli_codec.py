@@ -47,6 +47,7 @@ def _read(path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["entropy", "fixed", "auto"])
 def test_compress_then_decompress(model_dir, faces, tmp_path, capsys, mode):
     out = tmp_path / "faces.vqs"

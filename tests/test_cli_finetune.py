@@ -27,6 +27,7 @@ def faces(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_finetune_then_eval(tmp_path, faces, capsys):
     run = tmp_path / "run"
     argv = ["finetune", "--adapter", "maskgit", "--model", str(FIXTURE), "--data", str(faces), "--groups", "2",
@@ -61,10 +62,11 @@ def test_finetune_then_eval(tmp_path, faces, capsys):
     codes = encode_codes(model, images)
     assert result["entropy_bits_per_image"] == 8 * len(entropy.encode(codes.groups, codes.indices)) / 12
     assert result["entropy_bpp"] == pytest.approx(result["entropy_bits_per_image"] / 1024)
-    x = torch.stack([torch.from_numpy(np.asarray(PIL.open(faces / "000.png"), dtype=np.float32) / 255).permute(2, 0, 1)])
+    x = torch.from_numpy(np.asarray(PIL.open(faces / "000.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     assert encode_codes(model, x).indices.shape == (1, 64)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(tmp_path, faces, capsys):
     base = ["finetune", "--adapter", "maskgit", "--model", str(FIXTURE), "--data", str(faces), "--groups", "2",
             "--codebook-size", "16", "--out", str(tmp_path / "run"), "--no-progress"]
@@ -80,6 +82,7 @@ def test_errors_are_one_line(tmp_path, faces, capsys):
     assert "vqswitch: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stage3_feature_losses_from_local_backbones(tmp_path, faces, capsys):
     transformers = pytest.importorskip("transformers")
     backbone = tmp_path / "vit"

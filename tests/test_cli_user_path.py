@@ -163,6 +163,7 @@ def test_device_reaches_the_model(command, tmp_path, faces, swapped, monkeypatch
     assert seen == ["meta"]
 
 
+@pytest.mark.slow
 def test_finetune_device_reaches_the_finetuner(tmp_path, faces, monkeypatch):
     import vqswitch.train.finetune  # noqa: F401
 
@@ -181,6 +182,7 @@ def test_finetune_device_reaches_the_finetuner(tmp_path, faces, monkeypatch):
     assert seen == {"device": torch.device("cpu"), "model": torch.device("cpu")}
 
 
+@pytest.mark.slow
 def test_finetune_mixed_precision_only_in_stage3_decoder(tmp_path, faces, monkeypatch, capsys):
     """--dtype bf16: stage 3's decoder runs under autocast; the quantizer's search never does."""
     from vqswitch.quantizer import SwitchableTokenQuantizer
@@ -230,6 +232,7 @@ def test_info_describes_a_swapped_model(swapped, capsys):
     assert sum(info["utilisation"]["group_counts"]) == 64
 
 
+@pytest.mark.slow
 def test_demo_quick_json_then_info_on_its_checkpoint(tmp_path, capsys):
     """The new user's path: `vqswitch demo --quick --json`, then `vqswitch info` on the only checkpoint they have."""
     out = tmp_path / "demo"
@@ -252,6 +255,7 @@ def test_demo_quick_never_replaces_a_full_demo(tmp_path, capsys):
 
 
 # ================================================================ 4. eval tells the truth
+@pytest.mark.slow
 def test_eval_counts_codebook_use_on_the_evaluated_images(swapped, faces, tmp_path, capsys):
     code, out, err = run(capsys, "eval", "--model", swapped, "--data", faces, "--limit", 1, "--json", "--no-progress")
     assert code == 0, err
@@ -272,6 +276,7 @@ def test_eval_warns_when_it_resizes_and_shows_progress(swapped, tmp_path, capsys
 
 
 # ================================================================ 6. resume and reruns
+@pytest.mark.slow
 def test_resume_ignores_display_flags_and_names_differing_keys(tmp_path, faces, capsys):
     out = tmp_path / "run"
     argv = finetune_argv(faces, out, "--stages", "3")
@@ -282,6 +287,7 @@ def test_resume_ignores_display_flags_and_names_differing_keys(tmp_path, faces, 
     one_line_error(code, "", err, 2, "stage3.lr")
 
 
+@pytest.mark.slow
 def test_rerun_into_an_existing_run_needs_overwrite(tmp_path, faces, capsys):
     out = tmp_path / "run"
     argv = finetune_argv(faces, out, "--stages", "3")
@@ -305,6 +311,7 @@ def test_compress_refuses_an_existing_file_like_decompress(swapped, faces, tmp_p
 
 
 # ================================================================ 8. fine-tuning options
+@pytest.mark.slow
 def test_per_stage_steps_lr_batch_size(tmp_path, faces, capsys):
     out = tmp_path / "run"
     argv = finetune_argv(faces, out)
@@ -363,6 +370,7 @@ def test_huge_groups_refused_fast(tmp_path, faces, capsys):
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.slow
 def test_subfolder_reaches_the_loader(tmp_path, faces, capsys):
     import shutil
 
@@ -376,6 +384,7 @@ def test_subfolder_reaches_the_loader(tmp_path, faces, capsys):
     assert (out / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_continue_from_a_swapped_checkpoint(swapped, faces, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run(capsys, "finetune", "--model", swapped, "--data", faces, "--out", out, "--steps", 1,
@@ -388,6 +397,7 @@ def test_continue_from_a_swapped_checkpoint(swapped, faces, tmp_path, capsys):
                         "--groups", "4"), 2, "--groups")
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_how_to_resume(tmp_path, faces, monkeypatch, capsys):
     import shlex
 
@@ -404,7 +414,8 @@ def test_ctrl_c_prints_how_to_resume(tmp_path, faces, monkeypatch, capsys):
     code, out, err = run(capsys, *finetune_argv(faces, tmp_path / "run"))
     assert code == 130 and "Traceback" not in err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0] and str(tmp_path / "run") in lines[0]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0]
+    assert str(tmp_path / "run") in lines[0]
     monkeypatch.setattr(ft.Finetuner, "_checkpoint", real)
     command = shlex.split(lines[0].split("resume with: ", 1)[1])
     assert command[:2] == ["vqswitch", "finetune"]
@@ -480,6 +491,7 @@ def test_decompress_output_a_file(swapped, faces, tmp_path, capsys):
                    "-o", "not a folder")
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_a_one_line_warning(tmp_path, faces, capsys):
     import shutil
 

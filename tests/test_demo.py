@@ -97,7 +97,8 @@ def test_reconstruction_grid_is_labelled_and_enlarged(quick_run):
     from vqswitch.data import label_band_height
 
     out, _, _ = quick_run
-    k, s, pad, band = min(QUICK.grid_images, QUICK.num_test), QUICK.image_size * QUICK.grid_scale, 2, label_band_height()
+    k, s = min(QUICK.grid_images, QUICK.num_test), QUICK.image_size * QUICK.grid_scale
+    pad, band = 2, label_band_height()
     with Image.open(out / "reconstructions.png") as im:
         assert im.format == "PNG" and im.mode == "RGB"
         assert im.size == (k * s + (k + 1) * pad, 4 * (band + s + pad) + pad)
@@ -306,7 +307,8 @@ def test_demo_data_errors(case, tmp_path, capsys):
         target.mkdir()
     elif case == "one-identity":
         _face_folder(target, identities=1, per_identity=3)
-    expected = {"missing": "not found", "file": "not a folder", "empty": "no identity folder", "one-identity": "2 identity"}[case]
+    expected = {"missing": "not found", "file": "not a folder", "empty": "no identity folder",
+                "one-identity": "2 identity"}[case]
     assert main(["--quick", "--out", str(tmp_path / "out"), "--no-progress", "--data", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vqswitch: error: ") and expected in err and "Traceback" not in err

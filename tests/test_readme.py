@@ -12,6 +12,7 @@ from vqswitch import bits_per_image, bpp
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -104,7 +105,8 @@ def test_every_adapter_section_is_tested():
     assert sorted(ADAPTER_BLOCKS) == sorted(STAND_INS)
 
 
-@pytest.mark.parametrize("name", sorted(STAND_INS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "diffusers-vqmodel" else n
+                                  for n in sorted(STAND_INS)])  # diffusers: a 256-px VQModel, tens of seconds
 def test_adapter_section_runs(name, tmp_path, offline_cache):
     """Each adapter section runs as written against a random-weight stand-in for the public checkpoint,
     cached offline under the real repo id."""

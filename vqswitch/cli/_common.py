@@ -17,7 +17,7 @@ import warnings
 from vqswitch import formats
 from vqswitch._checks import check_int, one_line
 
-__all__ = ["CLIError", "CLIFailure", "show_warning", "parse_args", "seed_arg", "positive",
+__all__ = ["CLIError", "CLIFailure", "show_warning", "parse_args", "seed_arg", "int_list_arg", "positive",
            "add_size_arguments", "check_size_args", "add_device_argument", "device", "check_output_file",
            "check_output_dir", "is_local", "check_checkpoint_dir", "checkpoint_config", "is_swapped_checkpoint",
            "load_quantizer", "load_codec", "image_folder"]
@@ -58,6 +58,21 @@ def seed_arg(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
     return value
+
+
+def int_list_arg(*, empty: bool = False):
+    """An argparse type for comma-separated ints >= 1: ``"16,32,64"`` -> ``(16, 32, 64)``; with ``empty``, ``""``
+    gives ``()``. ArgumentTypeError otherwise (the benchmarks' setting lists)."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {text!r}") from None
+        if (not values and not empty) or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(f"must be ints >= 1, got {text!r}")
+        return values
+
+    return parse
 
 
 def positive(value, flag: str) -> None:
