@@ -295,7 +295,8 @@ class SwitchableTokenQuantizer(
         Group selection follows ``train_selection`` in training mode and ``inference_selection`` in
         eval mode. In training, code and group counts are accumulated (summed over DDP ranks).
         A token-shared quantizer takes z of any T (see the class docstring).
-        Raises TypeError/ValueError for a non-tensor, non-float, wrong-shape, or non-finite z.
+        Raises TypeError/ValueError for a non-tensor, non-float, 'meta', wrong-shape or non-finite z, or z on
+        another device than the quantizer.
         """
         z = self._check_z(z, finite=False)
         B = z.shape[0]
@@ -373,7 +374,9 @@ class SwitchableTokenQuantizer(
 
     # ------------------------------------------------------------------ codes
     def encode(self, z: torch.Tensor) -> Codes:
-        """z: (B, T, D) float -> :class:`Codes` using ``inference_selection``; no gradient, no usage counting."""
+        """z: (B, T, D) float -> :class:`Codes` using ``inference_selection``; no gradient, no usage counting.
+
+        Raises the errors of :meth:`forward`."""
         z = self._check_z(z, finite=False).detach()
         if z.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.long, device=z.device)
