@@ -304,6 +304,22 @@ def test_bad_constructor_arguments(kwargs, exc, match):
         SwitchableTokenQuantizer(**args)
 
 
+@pytest.mark.parametrize("num_groups", [1, 3])
+def test_loss_is_the_weighted_sum_with_router_loss(num_groups):
+    """router_loss(out), the router's share that wrappers add to their own losses, is the one in out.loss."""
+    torch.manual_seed(0)
+    q = SwitchableTokenQuantizer(num_tokens=4, codebook_size=8, dim=3, num_groups=num_groups, router_hidden_dim=8,
+                                 commitment_weight=0.5, balance_weight=0.3, decision_weight=0.2, quality_weight=0.7)
+    out = q(torch.randn(6, 4, 3))
+    want = (0.3 * out.router_balance_loss + 0.2 * out.router_decision_loss + 0.7 * out.router_quality_loss)
+    assert torch.equal(q.router_loss(out), want)
+    assert torch.allclose(out.loss, out.codebook_loss + 0.5 * out.commitment_loss + want)
+    if num_groups == 1:
+        assert float(q.router_loss(out)) == 0.0
+    else:
+        assert q.router_loss(out).requires_grad and float(out.router_balance_loss.detach()) != 0.0
+
+
 def test_bits_and_bpp_follow_the_formula():
     q = SwitchableTokenQuantizer(num_tokens=128, codebook_size=1024, dim=12, num_groups=16, router_hidden_dim=8)
     assert q.bits_per_image == 128 * 10 + 4
