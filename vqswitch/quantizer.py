@@ -336,8 +336,8 @@ class SwitchableTokenQuantizer(
             rl = router_losses(probs, errors, sync=self.training)
         else:
             rl = {"balance": zero.float(), "decision": zero.float(), "quality": zero.float()}
-        loss = (codebook_loss + self.commitment_weight * commitment_loss
-                + self._weighted_router_loss(rl["balance"], rl["decision"], rl["quality"]))
+        loss = self._weighted_router_loss(rl["balance"], rl["decision"], rl["quality"],
+                                          plus=codebook_loss + self.commitment_weight * commitment_loss)
         if self.training and self.track_usage:
             self.record_usage(groups, indices)
         return QuantizerOutput(
@@ -353,9 +353,13 @@ class SwitchableTokenQuantizer(
         is formed: a wrapper that builds its own loss (an adapter's shim, ``vqswitch.compat``) adds this."""
         return self._weighted_router_loss(out.router_balance_loss, out.router_decision_loss, out.router_quality_loss)
 
-    def _weighted_router_loss(self, balance: torch.Tensor, decision: torch.Tensor,
-                              quality: torch.Tensor) -> torch.Tensor:
-        return self.balance_weight * balance + self.decision_weight * decision + self.quality_weight * quality
+    def _weighted_router_loss(self, balance: torch.Tensor, decision: torch.Tensor, quality: torch.Tensor,
+                              plus: torch.Tensor | None = None) -> torch.Tensor:
+        """``[plus +] bw * balance + dw * decision + qw * quality``, summed left to right (forward's loss adds the
+        terms one by one to the quantization losses, as it always has: the same bits)."""
+        terms = (self.balance_weight * balance, self.decision_weight * decision, self.quality_weight * quality)
+        total = terms[0] if plus is None else plus + terms[0]
+        return total + terms[1] + terms[2]
 
     @torch.no_grad()
     def record_usage(self, groups: torch.Tensor, indices: torch.Tensor) -> None:
