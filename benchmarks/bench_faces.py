@@ -44,6 +44,7 @@ import copy
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from vqswitch import formats
 from vqswitch._checks import check_int, check_real
 from vqswitch.experiments.faces import batches, format_number, from_pixel_range, to_pixel_range
 from vqswitch.experiments.rate_distortion import Setting, compute_verdict, finetune_setting, machine_info, outcome
@@ -265,44 +267,30 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower()
 
 
-def _prepare_latent_cache(model, train_images: torch.Tensor, pixel_range, cache_root: Path, progress: bool):
-    """Encode the training set once; every run hard-links this cache instead of running the encoder again."""
-    from vqswitch.adapters import adapter_for, encode_latents
-    from vqswitch.train.latents import LatentCache
+@torch.no_grad()
+def _encode(model, images: torch.Tensor, pixel_range) -> torch.Tensor:
+    """The frozen encoder's tokens (N, T, D) of ``images`` (N, 3, S, S) in [0, 1]."""
+    from vqswitch.adapters import encode_latents
 
-    adapter = adapter_for(model)
-    key = {"adapter": adapter.name, "num_items": int(train_images.shape[0]),
-           "fingerprint": float(sum(float(p.detach().double().sum()) for p in model.encoder.parameters()))}
-
-    def encode(x):
-        return encode_latents(model, x, check_range=False)
-
-    def batch_items(idx):
-        return to_pixel_range(train_images[torch.as_tensor(idx, dtype=torch.long)], pixel_range)
-
-    return LatentCache.build(cache_root / "latents", encode, int(train_images.shape[0]), batch_items, key=key,
-                             progress=progress)
+    return torch.cat([encode_latents(model, to_pixel_range(images[s], pixel_range), check_range=False)
+                      for s in batches(images.shape[0], 64)])
 
 
-def _link_cache(cache, run_dir: Path) -> None:
+def _share_latent_cache(source: Path | None, run_dir: Path) -> None:
+    """Hard-link the latent cache a finished row's fine-tuning built (``source``, its run folder) into ``run_dir``,
+    so the next row's stages 1-2 read it instead of encoding the training set again. Every row starts from the same
+    frozen encoder, so the cache's key (checked by the Finetuner, which rebuilds a cache that does not apply) is the
+    same for all of them."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for src in (cache.npy, cache.path.with_suffix(".json")):
-        dst = run_dir / src.name
-        if not dst.exists():
+    if source is None:
+        return
+    for name in (f"{formats.LATENTS_NAME}.npy", f"{formats.LATENTS_NAME}.json"):
+        src, dst = source / name, run_dir / name
+        if src.is_file() and not dst.exists():
             try:
                 os.link(src, dst)
             except OSError:
-                import shutil
-
                 shutil.copyfile(src, dst)
-
-
-def _finetune(base, setting: Setting, config: FaceConfig, train_scaled: torch.Tensor, init_latents: torch.Tensor,
-              cache, seed: int, run_dir: Path, on_step) -> object:
-    _link_cache(cache, run_dir)  # the encoder's tokens of the training set, encoded once for every row
-    return finetune_setting(base, setting, config.stage_steps(setting), stage12_lr=config.stage12_lr,
-                            stage3_lr=config.stage3_lr, batch_size=config.batch_size, images=train_scaled,
-                            latents=init_latents, seed=seed, run_dir=run_dir, on_step=on_step)
 
 
 def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEFAULT_BUILDER,
@@ -365,10 +353,9 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
 
     cache_root = Path(tempfile.mkdtemp(prefix="vqswitch-faces-"))
     try:
-        cache = _prepare_latent_cache(base, train, pixel_range, cache_root, progress)
         g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(train.shape[0], generator=g)[:config.init_images]
-        init_latents = torch.from_numpy(cache.array[pick.sort().values.numpy()].copy())
+        init_latents = _encode(base, train[pick.sort().values], pixel_range)  # every quantizer's k-means start
 
         rows, grids = [], {}
 
@@ -416,20 +403,24 @@ def run_benchmark(data, model_path, out_dir, *, eval_data=(), builder: str = DEF
         settings = settings_for(config)
         total = sum(sum(config.stage_steps(s).values()) for s in settings)
         bar = tqdm(total=total, desc="fine-tuning", disable=not progress)
+        cache_source = None  # the first run folder whose fine-tuning built the latent cache
         for setting in settings:
             bar.set_postfix_str(setting.label)
             t0 = time.perf_counter()
             run_dir = cache_root / "runs" / _slug(setting.label)
-            model = _finetune(base, setting, config, train_scaled, init_latents, cache, seed, run_dir,
-                              lambda: bar.update(1))
+            _share_latent_cache(cache_source, run_dir)
+            model = finetune_setting(base, setting, config.stage_steps(setting), stage12_lr=config.stage12_lr,
+                                     stage3_lr=config.stage3_lr, batch_size=config.batch_size, images=train_scaled,
+                                     latents=init_latents, seed=seed, run_dir=run_dir,
+                                     on_step=lambda: bar.update(1))
+            if cache_source is None and (run_dir / f"{formats.LATENTS_NAME}.npy").is_file():
+                cache_source = run_dir
             save_swapped(model, out / "models" / _slug(setting.label))
             add_row(setting.label, setting.method, setting, model, setting.stages, config.stage_steps(setting),
                     time.perf_counter() - t0)
             del model
         bar.close()
     finally:
-        import shutil
-
         shutil.rmtree(cache_root, ignore_errors=True)
         embedder.close()
 
