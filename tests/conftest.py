@@ -13,6 +13,9 @@ if (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
     os.environ["TRITON_INTERPRET"] = "0"  # a GPU is here after all: run the kernels for real
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests' tensors are small, and a second OpenMP thread on a shared 2-core machine makes
+# small ops wait on each other (measured: the fast tier's CPU time drops by a third). Tests that measure
+# parallel behaviour set their own.
+torch.set_num_threads(1)
 
 from hubcache import offline_cache  # noqa: E402,F401  (pytest fixture for every test module)

@@ -230,6 +230,7 @@ def test_straight_through_gradients_and_router_loss():
 
 
 # ---------------------------------------------------------------- training, codec, saving
+@pytest.mark.slow  # runs the three fine-tuning stages
 def test_finetuner_three_stages(vqvae, tmp_path):
     from vqswitch.train import FinetuneConfig, Finetuner, StageConfig
 
@@ -356,6 +357,7 @@ def test_shared_shim_picks_the_nearest_code_at_any_size(side, seed):
 
 
 # ---------------------------------------------------------------- the README section
+@pytest.mark.slow  # the README example end to end
 def test_readme_section_runs(tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python example=vqvae-cifar\n(.*?)```", text, flags=re.S)

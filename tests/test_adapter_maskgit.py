@@ -217,6 +217,7 @@ def test_bad_input(base):
 
 
 # ---------------------------------------------------------------- which family a checkpoint holds
+@pytest.mark.slow  # builds a diffusers VQModel: importing diffusers is ~7 s of CPU
 def test_load_pretrained_detects_the_family(tmp_path, offline_cache):
     from diffusers import VQModel
 

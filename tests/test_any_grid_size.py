@@ -54,7 +54,9 @@ def images(size, low, b=2, seed=0):
     return torch.rand(b, 3, *size, generator=g) * (1.0 - low) + low
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+# diffusers: its import alone is ~7 s of CPU, so its family runs in the full suite only (the slow tier)
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n == "diffusers-vqmodel" else n
+                                        for n in sorted(FAMILIES)])
 def family(request):
     build, low, recon, indices = FAMILIES[request.param]
     return build(), low, recon, indices

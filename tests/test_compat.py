@@ -350,6 +350,7 @@ def _train(model, steps=40, seed=0):
     return losses
 
 
+@pytest.mark.slow  # trains two autoencoders step for step
 def test_autoencoder_switched_by_one_import_trains_like_upstream():
     switched = MODEL_SOURCE.replace("from vector_quantize_pytorch import VectorQuantize",
                                     "from vqswitch.compat import VectorQuantize")

@@ -6,6 +6,8 @@ import torch.nn as nn
 from vqswitch import SwitchableTokenQuantizer
 from vqswitch.kernels import nearest_codeword, nearest_group
 
+pytestmark = pytest.mark.slow  # dynamo traces and inductor's C++ compiles: seconds per test
+
 
 class TinyTokenizer(nn.Module):
     def __init__(self, **qkw):

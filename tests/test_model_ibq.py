@@ -177,6 +177,7 @@ def test_config_round_trip_and_upstream_layout():
     assert config_from_upstream(upstream["model"]["init_args"]) == TINY
 
 
+@pytest.mark.slow
 def test_default_config_is_the_real_architecture(tmp_path):
     """Without a config (no yaml, unknown repo) the real architecture is built: the tiny weights do not fit it."""
     with pytest.raises(ValueError, match="394 missing key") as err:

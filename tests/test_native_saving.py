@@ -36,6 +36,7 @@ def _diffusers_vq():
                              sample_size=16, norm_num_groups=8).eval()
 
 
+@pytest.mark.slow  # builds a diffusers VQModel: importing diffusers is ~7 s of CPU
 def test_diffusers_save_pretrained_and_push_to_hub_refuse(tmp_path, monkeypatch):
     import huggingface_hub
 

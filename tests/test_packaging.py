@@ -22,6 +22,7 @@ def wheel(tmp_path_factory):
     return whl
 
 
+@pytest.mark.slow  # builds a wheel
 def test_wheel_layout(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
@@ -33,6 +34,7 @@ def test_wheel_layout(wheel):
     assert entry and "vqswitch = vqswitch.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
 
+@pytest.mark.slow  # builds and installs a wheel
 def test_installed_wheel_imports_subpackages(wheel, tmp_path):
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
@@ -52,6 +54,7 @@ def test_installed_wheel_imports_subpackages(wheel, tmp_path):
     assert "torch.Size([1, 2])" in r.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_import_vqswitch_does_not_pull_optional_dependencies(tmp_path):
     code = ("import sys, vqswitch, vqswitch.adapters, vqswitch.kernels\n"
             "heavy = [m for m in ('diffusers', 'transformers', 'triton') if m in sys.modules]\n"

@@ -105,8 +105,8 @@ def test_every_adapter_section_is_tested():
     assert sorted(ADAPTER_BLOCKS) == sorted(STAND_INS)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "diffusers-vqmodel" else n
-                                  for n in sorted(STAND_INS)])  # diffusers: a 256-px VQModel, tens of seconds
+@pytest.mark.slow  # 256-px models (diffusers': a VQModel of tens of seconds); the fast tier checks the blocks exist
+@pytest.mark.parametrize("name", sorted(STAND_INS))
 def test_adapter_section_runs(name, tmp_path, offline_cache):
     """Each adapter section runs as written against a random-weight stand-in for the public checkpoint,
     cached offline under the real repo id."""
@@ -123,5 +123,7 @@ def test_adapter_section_runs(name, tmp_path, offline_cache):
     with torch.no_grad():
         out = scope["model"](images)
     ref = out.sample if name == "diffusers-vqmodel" else out[0]
-    # decode from codes (exact codes) vs the forward pass (straight-through z + (q - z)): rounding only
-    torch.testing.assert_close(scope["recon"], ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    # decode from codes (exact codes) vs the forward pass (straight-through z + (q - z)): rounding only, which the
+    # decoder amplifies by an amount that depends on the CPU's kernels (TiTok's: 2.9e-5 of the range on an AMD
+    # EPYC, under 1e-5 on another machine); a wrong code would move pixels by a large fraction of the range
+    torch.testing.assert_close(scope["recon"], ref, rtol=0, atol=1e-4 * float(ref.abs().max()))

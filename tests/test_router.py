@@ -2,6 +2,7 @@
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -114,6 +115,7 @@ def _run_two_ranks(d):
                 raise
 
 
+@pytest.mark.slow
 def test_ddp_batch_mean_and_usage_span_all_ranks():
     with tempfile.TemporaryDirectory() as d:
         _run_two_ranks(d)

@@ -137,6 +137,7 @@ PEAK_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PEAK_CASES, ids=lambda c: "-".join(map(str, c[5:])).replace("torch.", ""))
 def test_peak_memory_of_both_selections_stays_within_the_budget_measured(case):
     """The most memory a search holds at once (every live allocation, the allocator's view) stays within
@@ -243,6 +244,7 @@ def test_all_finite_takes_extreme_finite_values():
         assert not all_finite(torch.tensor([info.min, float("nan")], dtype=dtype))
 
 
+@pytest.mark.slow
 def test_finite_check_stays_within_budget_measured():
     """Regression: torch.isfinite(z).all() allocated ~1.6x |z| beside the search's budget."""
     from torch.profiler import ProfilerActivity, profile
@@ -267,6 +269,7 @@ def many_group_problems():
     return problems(max_b=9, max_t=5, max_k=30, max_d=8, max_m=12, dtypes=(torch.float32, torch.float64))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(many_group_problems(), st.sampled_from(METRICS), st.sampled_from([1, 500, 10**9]))
 def test_gather_path_agrees_with_bucket_path(problem, metric, budget):
@@ -318,6 +321,7 @@ def test_auto_path_chooses_a_path_and_agrees_with_both(shared, device_type):
         torch_search.search_fixed_groups(z, cb, torch.arange(8), "l2", path="fast")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_gather_path_memory_stays_within_budget_measured(metric):
     """Peak allocation of any op stays within the budget on the gather path, for shared and
@@ -377,6 +381,7 @@ def test_codebook_norms_in_chunks_match_the_direct_computation(dtype, M, T, K, D
         assert inv.numel() == 0 and torch.allclose(sq, n.square(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_codebook_norms_of_half_books_hold_no_full_precision_copy_measured():
     """Regression: the norms of bf16 books were computed on a float32 copy of the whole codebook."""
     from torch.profiler import ProfilerActivity, profile
@@ -410,6 +415,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_bucket_path_copies_z_a_chunk_at_a_time_measured(metric):
     """Regressions: sorting images into the token-major copy went through index_select on a transposed
@@ -432,6 +438,7 @@ def test_bucket_path_copies_z_a_chunk_at_a_time_measured(metric):
 @settings(max_examples=40, deadline=None)
 @given(many_group_problems(), st.sampled_from(METRICS), st.sampled_from(["auto", "bucket", "gather"]),
        st.sampled_from([1, 500, 10**9]))
+@pytest.mark.slow
 def test_search_never_writes_to_its_inputs(problem, metric, path, budget):
     """The search works in place on its own buffers only: z, the codebooks and groups come back bitwise
     unchanged on every path (in-place normalisation and running minima must never alias an input)."""
