@@ -79,15 +79,6 @@ LOG = [{"stage": 1, "step": 11, "loss": 0.5}, {"stage": 2, "step": 12, "loss": 0
        {"stage": 3, "step": 13, "loss": 0.125}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is fastest, and avoids OpenMP contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finetune run folder: final/ (with an entropy model), run.json, metrics.jsonl, eval.json."""

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqswitch._checks import check_choice, check_image_pair, check_images, check_range_pair, check_real, is_int
+from vqswitch._checks import (check_choice, check_image_pair, check_images, check_range_pair, check_real, check_size,
+                              is_int)
 
 __all__ = [
     "FeatureSimilarityLoss", "TransformersFeatures", "ReconstructionLoss", "perceptual_loss", "identity_loss",
@@ -51,20 +52,6 @@ _LAYERS = ("pooler", "last_hidden_mean", "last_hidden")
 
 
 # ---------------------------------------------------------------------------------- validation
-def _check_image_size(value) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if is_int(value):
-        value = (int(value), int(value))
-    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2
-            or not all(is_int(v) for v in value)):
-        raise TypeError(f"image_size must be None, an int or a pair (height, width) of ints, got {value!r}")
-    h, w = int(value[0]), int(value[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"image_size must be >= 1, got {value!r}")
-    return h, w
-
-
 def _check_channel_stats(name: str, value) -> tuple[float, float, float]:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         value = (value,) * 3
@@ -332,7 +319,7 @@ class TransformersFeatures(nn.Module):
         self.model = model
         self.layer = layer
         self.pixel_range = check_range_pair("pixel_range", pixel_range)
-        size = _check_image_size(image_size)
+        size = None if image_size is None else check_size("image_size", image_size)
         if size is None and processor is not None:
             size = _size_from_processor(processor)
         if size is None:
