@@ -212,6 +212,22 @@ def test_the_tree_keeps_the_layering():
     assert not problems, "layering broken (ARCHITECTURE.md):\n  " + "\n  ".join(problems)
 
 
+def test_a_cycle_added_to_a_copy_of_the_real_tree_fails(tmp_path):
+    """The real tree, copied, with one lazy import added (publish calling back into the CLI): the test catches it."""
+    import shutil
+
+    dirs = {}
+    for package, folder in PACKAGE_DIRS.items():
+        dirs[package] = tmp_path / folder.name
+        shutil.copytree(folder, dirs[package], ignore=shutil.ignore_patterns("__pycache__"))
+    assert violations(import_graph(discover(dirs))) == []
+    hub = dirs["vqswitch"] / "publish" / "hub.py"
+    hub.write_text(hub.read_text() + "\n\ndef _back():\n    from vqswitch.cli import main\n")
+    problems = violations(import_graph(discover(dirs)))
+    assert len(problems) == 1 and problems[0].startswith("import cycle: ") and "vqswitch.publish.hub" in problems[0]
+    assert "vqswitch.cli" in problems[0], problems
+
+
 def test_every_core_module_exists():
     """CORE names real files: a renamed core module must be renamed here too, or the rules check nothing."""
     modules = discover(PACKAGE_DIRS)
