@@ -99,3 +99,13 @@ def test_stale_temporaries_of_a_killed_run_are_cleaned_on_the_next(tmp_path):
     assert not stale_dir.exists() and not stale_file.exists()
     assert live_dir.exists() and other.exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
+def test_read_json_lines_keeps_objects_in_order_and_skips_torn_lines(tmp_path):
+    from vqswitch._io import read_json_lines
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(b'{"step": 1}\n[1, 2]\n{"step": 2, "loss": 0.5}\nnot json\n\xff\xfe\n{"step": 3, "lo')
+    assert read_json_lines(log) == [{"step": 1}, {"step": 2, "loss": 0.5}]
+    log.write_text("")
+    assert read_json_lines(log) == []

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_directory", "atomic_replace_directory",
-           "recover_directory", "recover_directories", "temp_prefix", "fsync_tree", "read_json_object"]
+           "recover_directory", "recover_directories", "temp_prefix", "fsync_tree", "read_json_object",
+           "read_json_lines"]
 
 
 def _default_mode() -> int:
@@ -228,3 +229,20 @@ def recover_directories(parent: str | os.PathLike) -> None:
     names = {m.group("name") for m in map(_LEFTOVER.fullmatch, os.listdir(parent)) if m is not None}
     for name in sorted(names):
         recover_directory(parent / name)
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines log (``metrics.jsonl``): each line that holds a JSON object, in order.
+
+    Lines that are not a JSON object (a line cut by a killed writer, stray text) are skipped; undecodable bytes
+    are replaced. Raises OSError when the file cannot be read.
+    """
+    records = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -7,12 +7,11 @@ into it (:mod:`vqswitch.publish.shareable`).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from vqswitch._checks import check_path, check_repo_id, is_int, one_line
-from vqswitch._io import read_json_object
+from vqswitch._io import read_json_lines, read_json_object
 from vqswitch.formats import (CONFIG_FILE, ENTROPY_FILE, EVALUATION_FILE, RUN_FORMAT, RUN_INFO_FILE, TRAIN_LOG_FILE,
                               WEIGHTS_FILE)
 
@@ -30,20 +29,6 @@ _ROW_LABELS = (("baseline", "baseline VQ (before the swap)"),
                ("baseline_decoder_tuned", "baseline + stage 3 (same codes, decoder fine-tuned as in stage 3)"),
                ("stscq", "STSCQ (this model)"))
 _FAIR_REFERENCE = "baseline_decoder_tuned"
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The records of a training log (JSON lines); lines that are not JSON objects (a run killed mid-write) are
-    skipped."""
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
 
 
 def _num(value) -> float | None:
@@ -388,7 +373,7 @@ def build_model_card(model_dir, *, run_info: dict | None = None, evaluation: dic
     run_info = shareable_run_info(run_info or {})  # the card is published: no local path in it
     if run_info.get("format", RUN_FORMAT) != RUN_FORMAT:
         raise ValueError(f"run_info has format {run_info.get('format')!r}, expected {RUN_FORMAT!r}")
-    log = _read_log(folder / TRAIN_LOG_FILE) if (folder / TRAIN_LOG_FILE).is_file() else []
+    log = read_json_lines(folder / TRAIN_LOG_FILE) if (folder / TRAIN_LOG_FILE).is_file() else []
 
     try:
         model = load_swapped(folder)

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from vqswitch._checks import check_choice, check_images, check_int, check_real, is_int
-from vqswitch._io import atomic_replace_directory, atomic_write_bytes, recover_directories
+from vqswitch._io import atomic_replace_directory, atomic_write_bytes, read_json_lines, recover_directories
 from vqswitch.distributed import average_gradients, rank, world_size
 from vqswitch.formats import (CHECKPOINT_MODEL_DIR, CHECKPOINTS_DIR, LATENTS_NAME, LATEST_FILE, TRAIN_LOG_FILE,
                               TRAINER_STATE_FILE)
@@ -334,21 +334,16 @@ class Finetuner:
         if not path.is_file():
             return
         stages = tuple(self.config.stages)
-        keep, dropped = [], False
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                dropped = True  # a line cut by the kill
-                continue
-            where = (record.get("stage"), record.get("step")) if isinstance(record, dict) else (None, None)
-            if where[0] in stages and isinstance(where[1], int) and \
-                    (stages.index(where[0]), where[1]) > (self.stage_index, self.step):
-                dropped = True
-                continue
-            keep.append(line)
-        if dropped:
-            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode("utf-8"))
+
+        def after_checkpoint(record: dict) -> bool:
+            stage, step = record.get("stage"), record.get("step")
+            return stage in stages and isinstance(step, int) and (stages.index(stage), step) > (self.stage_index,
+                                                                                                   self.step)
+
+        # records are written as json.dumps(record) + "\n", so writing the kept ones again gives their lines back
+        text = "".join(json.dumps(r) + "\n" for r in read_json_lines(path) if not after_checkpoint(r))
+        if text.encode("utf-8") != path.read_bytes():  # a later record, or a line cut by the kill
+            atomic_write_bytes(path, text.encode("utf-8"))
 
     # ------------------------------------------------------------------ data
     def _batch_indices(self, stage: int, step: int, batch_size: int) -> list[int]:
