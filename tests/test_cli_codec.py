@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vqswitch.adapters import decode_codes, encode_codes, load_pretrained, save_swapped, swap_quantizer
+from vqswitch.adapters import decode_codes, encode_codes
 from vqswitch.bits import bits_per_image
+from swapped import save_counted_swapped
 from vqswitch.cli import main
 from vqswitch.data import procedural_faces
 
@@ -20,19 +21,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "maskgit_vqgan_tiny"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = swap_quantizer(load_pretrained(FIXTURE, adapter="maskgit-vqgan"), num_groups=2, codebook_size=16,
-                           token_specific=True)
-    q = model.quantize.quantizer
-    codes = encode_codes(model, procedural_faces(64, size=32, seed=9))
-    with torch.no_grad():  # the statistics of similar faces, as fine-tuning records them
-        q.usage.zero_()
-        for g, row in zip(codes.groups.tolist(), codes.indices):
-            q.usage[g, torch.arange(64), row] += 1
-        q.group_counts.copy_(torch.bincount(codes.groups, minlength=2))
-    folder = tmp_path_factory.mktemp("cli_codec") / "model"
-    save_swapped(model, folder)
-    return folder
+    return save_counted_swapped(tmp_path_factory.mktemp("cli_codec") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqswitch.adapters import encode_codes, load_pretrained, load_swapped, save_swapped, swap_quantizer
+from vqswitch.adapters import load_pretrained, load_swapped
+from swapped import save_counted_swapped
 from vqswitch.cli import PAPER_CONFIGS, build_parser, main
 from vqswitch.data import procedural_faces
 
@@ -60,19 +61,7 @@ def faces(tmp_path_factory):
 @pytest.fixture(scope="module")
 def swapped(tmp_path_factory):
     """A swapped, token-specific model folder with usage counts from 64 faces (what fine-tuning records)."""
-    torch.manual_seed(0)
-    model = swap_quantizer(load_pretrained(FIXTURE, adapter="maskgit-vqgan"), num_groups=2, codebook_size=16,
-                           token_specific=True)
-    q = model.quantize.quantizer
-    codes = encode_codes(model, procedural_faces(64, size=32, seed=9))
-    with torch.no_grad():
-        q.usage.zero_()
-        for g, row in zip(codes.groups.tolist(), codes.indices):
-            q.usage[g, torch.arange(64), row] += 1
-        q.group_counts.copy_(torch.bincount(codes.groups, minlength=2))
-    folder = tmp_path_factory.mktemp("swapped") / "model"
-    save_swapped(model, folder)
-    return folder
+    return save_counted_swapped(tmp_path_factory.mktemp("swapped") / "model")
 
 
 def finetune_argv(faces, out, *extra):
